@@ -1,0 +1,114 @@
+"""Chat messages: the upstream and downstream envelopes and the six message types."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, Version
+
+MessageType = Literal["text", "image", "file", "location", "system_conversation", "system_group"]
+USER_MESSAGE_TYPES: frozenset[str] = frozenset({"text", "image", "file", "location"})
+
+
+class _Metadata(BaseModel):
+    # Clients may add fields of their own; the ones named here are type-checked.
+    model_config = ConfigDict(extra="allow")
+
+
+class TextMetadata(_Metadata):
+    format: Literal["plain", "markdown"] = "plain"
+    language: str | None = None
+
+
+class ImageMetadata(_Metadata):
+    width: int | None = Field(None, ge=0)
+    height: int | None = Field(None, ge=0)
+    size: int | None = Field(None, ge=0)
+    format: str | None = None
+
+
+class FileMetadata(_Metadata):
+    filename: str = Field(min_length=1, max_length=255)
+    size: int = Field(ge=0)
+    mime_type: str | None = None
+
+
+class LocationMetadata(_Metadata):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    accuracy: float | None = Field(None, ge=0)
+
+
+class ConversationMetadata(_Metadata):
+    action: Literal["create"]
+    conversation_id: Id
+    creator_id: Id
+
+
+GroupAction = Literal["create", "invite", "join", "leave", "kick", "dismiss"]
+
+
+class GroupMetadata(_Metadata):
+    action: GroupAction
+    group_id: Id
+    inviter_id: Id | None = None
+    invitee_id: Id | None = None
+    member_ids: list[Id] | None = None
+
+
+METADATA_MODELS: dict[str, type[_Metadata]] = {
+    "text": TextMetadata,
+    "image": ImageMetadata,
+    "file": FileMetadata,
+    "location": LocationMetadata,
+    "system_conversation": ConversationMetadata,
+    "system_group": GroupMetadata,
+}
+
+
+class MessageBody(Model):
+    """What makes a message one of the six types: the spec's "消息类型定义" fragments.
+
+    ``metadata`` stays the client's dict, so it reaches the recipient unchanged; it is
+    checked against the type's metadata model on the way in.
+    """
+
+    message_type: MessageType
+    content: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _metadata_fits_type(self) -> MessageBody:
+        METADATA_MODELS[self.message_type].model_validate(self.metadata)
+        return self
+
+    def typed_metadata(self) -> _Metadata:
+        return METADATA_MODELS[self.message_type].model_validate(self.metadata)
+
+
+class DownstreamMessage(MessageBody):
+    """``im-downstream-topic-{gateway_id}``: what a gateway pushes to the recipient's sockets."""
+
+    message_id: Id
+    from_user_id: Id
+    to_user_id: Id | None = None
+    conversation_id: Id
+    timestamp: TimestampMs
+    version: Version = PROTOCOL_VERSION
+
+
+class UpstreamMessage(DownstreamMessage):
+    """``im-upstream-topic``: a message as the sender's gateway stamped it.
+
+    ``to_user_id`` is null for a group message (``conversation_id`` is then the group id).
+    """
+
+    gateway_id: Id
+
+    def to_downstream(self, to_user_id: str | None = None) -> DownstreamMessage:
+        data = self.model_dump(exclude={"gateway_id"})
+        if to_user_id is not None:
+            data["to_user_id"] = to_user_id
+        return DownstreamMessage.model_construct(**data)

@@ -1,0 +1,63 @@
+"""``im-task-topic`` envelopes: persist_message, offline_push, group_fanout."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, Version
+from .messages import MessageType
+
+TaskType = Literal["persist_message", "offline_push", "group_fanout"]
+
+
+class PersistMessagePayload(Model):
+    message_id: Id
+    conversation_id: Id
+    from_user_id: Id
+    to_user_id: Id | None = None
+    content: str
+    message_type: MessageType
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class OfflinePushPayload(Model):
+    user_id: Id
+    message_id: Id
+    title: str
+    content: str
+    push_type: Literal["message"] = "message"
+
+
+class GroupFanoutPayload(Model):
+    group_id: Id
+    message_id: Id
+    exclude_user_ids: list[Id] = Field(default_factory=list)
+    batch_size: int = Field(100, ge=1, le=10_000)
+
+
+class _Task(Model):
+    task_id: Id
+    timestamp: TimestampMs
+    retry_count: int = Field(0, ge=0)
+    version: Version = PROTOCOL_VERSION
+
+
+class PersistMessageTask(_Task):
+    task_type: Literal["persist_message"] = "persist_message"
+    payload: PersistMessagePayload
+
+
+class OfflinePushTask(_Task):
+    task_type: Literal["offline_push"] = "offline_push"
+    payload: OfflinePushPayload
+
+
+class GroupFanoutTask(_Task):
+    task_type: Literal["group_fanout"] = "group_fanout"
+    payload: GroupFanoutPayload
+
+
+Task = Annotated[Union[PersistMessageTask, OfflinePushTask, GroupFanoutTask], Field(discriminator="task_type")]
+TASK_ADAPTER: TypeAdapter[Task] = TypeAdapter(Task)

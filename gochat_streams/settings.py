@@ -1,0 +1,85 @@
+"""The one typed settings object. Every knob is read from ``GOCHAT_*`` env vars."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+class Settings(BaseSettings):
+    """Defaults are the spec's production values; the dev stack overrides a few (replicas, timeouts)."""
+
+    model_config = SettingsConfigDict(env_prefix="GOCHAT_", frozen=True, extra="forbid")
+
+    # Broker. ``tansu://host:port`` selects the dev-broker compatibility layer
+    # (gochat_streams/compat/tansu.py); ``kafka://`` is any real Kafka cluster.
+    broker_url: str = "kafka://127.0.0.1:9092"
+    broker_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
+    broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    broker_sasl_username: str | None = None
+    broker_sasl_password: SecretStr | None = None
+    broker_ssl_cafile: Path | None = None
+    broker_ssl_certfile: Path | None = None
+    broker_ssl_keyfile: Path | None = None
+
+    # Topics: the spec's table (partitions 10/3/5, replicas 3/2/3, retention 7 d/1 d/3 d, lz4).
+    upstream_partitions: int = Field(10, ge=1)
+    upstream_replicas: int = Field(3, ge=1)
+    upstream_retention_ms: int = 7 * DAY_MS
+    downstream_partitions: int = Field(3, ge=1)
+    downstream_replicas: int = Field(2, ge=1)
+    downstream_retention_ms: int = 1 * DAY_MS
+    task_partitions: int = Field(5, ge=1)
+    task_replicas: int = Field(3, ge=1)
+    task_retention_ms: int = 3 * DAY_MS
+    # im-user-topic: messages re-keyed by recipient, plus presence events (see topics.py).
+    user_partitions: int = Field(10, ge=1)
+    user_replicas: int = Field(3, ge=1)
+    user_retention_ms: int = 1 * DAY_MS
+    compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = "lz4"
+
+    # Consumer-group timing: the spec's 30 s session / 10 s heartbeat. The dev
+    # broker joins a group in about half a session timeout, so the dev stack lowers them.
+    session_timeout_s: float = 30.0
+    heartbeat_interval_s: float = 10.0
+    rebalance_timeout_s: float = 60.0
+
+    # Worker
+    data_dir: Path = Path("data")
+    table_store: str = "rocksdb://"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+
+    # Gateway
+    gateway_id: str = Field("gateway_001", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    auth_secret: SecretStr = SecretStr("dev-secret-change-me")
+    token_ttl_s: int = 24 * 60 * 60
+    max_frame_bytes: int = 64 * 1024
+    max_content_chars: int = 10_000
+    #: What a browser loads (demo chat, ops page); a checkout's ``web/`` by default.
+    web_dir: Path = Path(__file__).resolve().parent.parent / "web"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    @property
+    def broker_scheme(self) -> str:
+        return self.broker_url.split("://", 1)[0] if "://" in self.broker_url else "kafka"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` pairs for plain aiokafka clients (the gateway, admin)."""
+        hosts = self.broker_url.split("://", 1)[-1]
+        return [h.strip() for h in hosts.replace(";", ",").split(",") if h.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
