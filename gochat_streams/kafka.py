@@ -1,0 +1,61 @@
+"""Broker connection options, for plain aiokafka clients and for Faust alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from aiokafka.helpers import create_ssl_context
+
+from .settings import Settings
+
+
+def _ssl_context(s: Settings) -> Any:
+    if s.broker_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    return create_ssl_context(
+        cafile=str(s.broker_ssl_cafile) if s.broker_ssl_cafile else None,
+        certfile=str(s.broker_ssl_certfile) if s.broker_ssl_certfile else None,
+        keyfile=str(s.broker_ssl_keyfile) if s.broker_ssl_keyfile else None,
+    )
+
+
+def client_kwargs(s: Settings) -> dict[str, Any]:
+    """Keyword arguments every aiokafka client of ours takes: servers, TLS, SASL."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": s.bootstrap_servers,
+        "security_protocol": s.broker_security_protocol,
+    }
+    if (ctx := _ssl_context(s)) is not None:
+        kwargs["ssl_context"] = ctx
+    if s.broker_security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = s.broker_sasl_mechanism
+        kwargs["sasl_plain_username"] = s.broker_sasl_username
+        kwargs["sasl_plain_password"] = (
+            s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else None
+        )
+    return kwargs
+
+
+def producer_kwargs(s: Settings) -> dict[str, Any]:
+    """acks=all with the spec's compression; aiokafka sends one batch per partition at a time."""
+    return {
+        **client_kwargs(s),
+        "acks": "all",
+        "compression_type": None if s.compression == "none" else s.compression,
+        "linger_ms": 2,
+    }
+
+
+def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
+    """The same TLS/SASL options in Faust's terms."""
+    ctx = _ssl_context(s)
+    if s.broker_security_protocol.startswith("SASL"):
+        password = s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else ""
+        return faust.SASLCredentials(
+            username=s.broker_sasl_username, password=password, ssl_context=ctx,
+            mechanism=s.broker_sasl_mechanism,
+        )
+    if ctx is not None:
+        return faust.SSLCredentials(ctx)
+    return None

@@ -1,0 +1,142 @@
+"""Every topic and consumer group: names, keys, values, partitions, replicas, retention, compression.
+
+The spec's table, plus one internal topic:
+
+============================== ================= ======================= ==== ==== ========= =================
+topic                          key               value                   part repl retention group
+============================== ================= ======================= ==== ==== ========= =================
+im-upstream-topic              from_user_id      UpstreamMessage          10    3  7 d       im-logic-group
+im-user-topic (internal)       user_id           PresenceChange|Delivery  10    3  1 d       im-logic-group
+im-downstream-topic-{gateway}  to_user_id        DownstreamMessage         3    2  1 d       gateway-{id}-group
+im-task-topic                  task_type         Task                      5    3  3 d       im-task-group
+============================== ================= ======================= ==== ==== ========= =================
+
+``im-user-topic`` is the upstream re-keyed by recipient. The presence table is written
+from it, so a worker reads presence only for the users whose partitions it owns, which
+are exactly the users whose messages it routes (see agents/delivery.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from .kafka import client_kwargs
+from .settings import Settings
+
+if TYPE_CHECKING:
+    import faust
+
+log = logging.getLogger(__name__)
+
+UPSTREAM = "im-upstream-topic"
+USER = "im-user-topic"
+TASK = "im-task-topic"
+DOWNSTREAM_PREFIX = "im-downstream-topic-"
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: str
+    partitions: int
+    replicas: int
+    retention_ms: int
+    compression: str
+
+    @property
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "compression.type": self.compression}
+
+
+def upstream(s: Settings) -> TopicSpec:
+    return TopicSpec(UPSTREAM, "from_user_id", "UpstreamMessage", s.upstream_partitions,
+                     s.upstream_replicas, s.upstream_retention_ms, s.compression)
+
+
+def user(s: Settings) -> TopicSpec:
+    return TopicSpec(USER, "user_id", "PresenceChange | Delivery", s.user_partitions,
+                     s.user_replicas, s.user_retention_ms, s.compression)
+
+
+def downstream(s: Settings, gateway_id: str) -> TopicSpec:
+    return TopicSpec(downstream_name(gateway_id), "to_user_id", "DownstreamMessage",
+                     s.downstream_partitions, s.downstream_replicas, s.downstream_retention_ms, s.compression)
+
+
+def task(s: Settings) -> TopicSpec:
+    return TopicSpec(TASK, "task_type", "Task", s.task_partitions, s.task_replicas,
+                     s.task_retention_ms, s.compression)
+
+
+def downstream_name(gateway_id: str) -> str:
+    return f"{DOWNSTREAM_PREFIX}{gateway_id}"
+
+
+def core(s: Settings) -> list[TopicSpec]:
+    """The topics that exist before any gateway starts."""
+    return [upstream(s), user(s), task(s)]
+
+
+@dataclass(frozen=True)
+class ConsumerGroup:
+    """A consumer group's settings as the spec's "消费者组配置" lists them."""
+
+    group_id: str
+    auto_offset_reset: Literal["earliest", "latest"]
+    enable_auto_commit: bool
+    max_poll_records: int
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+
+
+def logic_group(s: Settings) -> ConsumerGroup:
+    return ConsumerGroup("im-logic-group", "earliest", False, 100,
+                         int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
+
+
+def gateway_group(s: Settings, gateway_id: str) -> ConsumerGroup:
+    return ConsumerGroup(f"gateway-{gateway_id}-group", "latest", True, 50,
+                         int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
+
+
+def task_group(s: Settings) -> ConsumerGroup:
+    return ConsumerGroup("im-task-group", "earliest", False, 200,
+                         int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
+
+
+def faust_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
+    """A Faust topic of raw bytes: codecs.py, not Faust, parses values."""
+    return app.topic(
+        spec.name,
+        partitions=spec.partitions,
+        replicas=spec.replicas,
+        config=spec.config,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+async def ensure_topics(s: Settings, specs: list[TopicSpec]) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(**client_kwargs(s))
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [NewTopic(t.name, t.partitions, t.replicas, topic_configs=t.config) for t in specs]
+        )
+        for name, code, message in response.topic_errors:
+            if code == _TOPIC_ALREADY_EXISTS:
+                continue
+            if code:
+                raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
+            log.info("created topic %s", name)
+    finally:
+        await admin.close()
