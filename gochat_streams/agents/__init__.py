@@ -1,0 +1,1 @@
+"""The logic service's agents, one concern per module."""

@@ -1,0 +1,40 @@
+"""im-upstream-topic -> im-user-topic: validate each client message and re-key it by recipient.
+
+The upstream is keyed by sender (one sender's messages stay in order); presence is
+keyed by recipient. Rather than look presence up here, where a worker would hold the
+wrong users' entries, each message goes on to ``im-user-topic`` keyed by its recipient,
+where agents/delivery.py owns both the message and the recipient's presence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from ..app import app, settings
+from ..channels import upstream, user
+from ..codecs import DecodeError, decode_upstream, encode
+from ..metrics import messages_routed, records_rejected
+from ..routing import Unroutable, deliveries
+
+log = logging.getLogger(__name__)
+
+
+@app.agent(upstream, name="route_upstream")
+async def route_upstream(stream: AsyncIterator[bytes]) -> None:
+    """im-upstream-topic -> im-user-topic: validates a message, re-keys it by recipient."""
+    async for raw in stream:
+        try:
+            message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
+            routed = deliveries(message)
+        except DecodeError as exc:
+            records_rejected.labels("upstream", exc.reason).inc()
+            log.warning("rejected upstream record: %s", exc)
+            continue
+        except Unroutable as exc:
+            records_rejected.labels("upstream", "unroutable").inc()
+            log.warning("rejected upstream message %s: %s", message.message_id, exc)
+            continue
+        for user_id, delivery in routed:
+            await user.send(key=user_id, value=encode(delivery))
+        messages_routed.labels("single").inc()

@@ -1,0 +1,45 @@
+"""Builds the Faust app of the logic service, and nothing else.
+
+Faust uses an app's id as its consumer group, so the id is the spec's ``im-logic-group``.
+Start a worker with ``faust -A gochat_streams.app worker -l info``.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from .kafka import faust_credentials
+from .settings import Settings, get_settings
+from .topics import logic_group
+
+
+def create_app(settings: Settings) -> faust.App:
+    group = logic_group(settings)
+    app = faust.App(
+        group.group_id,
+        broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),
+        store=settings.table_store,
+        datadir=str(settings.data_dir),
+        autodiscover=["gochat_streams.agents", "gochat_streams.tables", "gochat_streams.commands"],
+        origin="gochat_streams",
+        # Faust commits only what agents have acked, after flushing the producer
+        # (faust/transport/consumer.py: _commit_offsets): "commit after processing".
+        consumer_auto_offset_reset=group.auto_offset_reset,
+        broker_max_poll_records=group.max_poll_records,
+        broker_session_timeout=group.session_timeout_ms / 1000,
+        broker_heartbeat_interval=group.heartbeat_interval_ms / 1000,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        producer_acks=-1,
+        producer_compression_type=None if settings.compression == "none" else settings.compression,
+        topic_replication_factor=settings.user_replicas,
+        topic_disable_leader=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+    return app
+
+
+settings = get_settings()
+app = create_app(settings)
