@@ -1,0 +1,1 @@
+"""The WebSocket gateway: clients in, im-upstream-topic out; im-downstream-topic-{id} in, clients out."""
