@@ -8,15 +8,32 @@ from __future__ import annotations
 
 import faust
 
+from . import topics
 from .kafka import faust_credentials
 from .settings import Settings, get_settings
-from .topics import logic_group
 
 
-def create_app(settings: Settings) -> faust.App:
-    group = logic_group(settings)
-    app = faust.App(
-        group.group_id,
+class LogicApp(faust.App):
+    """Creates the spec's topics before its consumer subscribes to them.
+
+    A broker that auto-creates topics on a metadata request (Tansu; Kafka with
+    ``auto.create.topics.enable``) would otherwise create them with its own
+    partition count, and the presence table would no longer match its stream.
+    """
+
+    def __init__(self, settings: Settings, **options: object) -> None:
+        super().__init__(topics.logic_group(settings).group_id, **options)
+        self.gochat_settings = settings
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
+
+
+def create_app(settings: Settings) -> LogicApp:
+    group = topics.logic_group(settings)
+    app = LogicApp(
+        settings,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,

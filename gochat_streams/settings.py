@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     broker_ssl_certfile: Path | None = None
     broker_ssl_keyfile: Path | None = None
 
+    #: Prefix of every topic and consumer-group name. Empty in production (the spec's
+    #: names exactly); tests and shared clusters set one to keep runs apart.
+    namespace: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
+
     # Topics: the spec's table (partitions 10/3/5, replicas 3/2/3, retention 7 d/1 d/3 d, lz4).
     upstream_partitions: int = Field(10, ge=1)
     upstream_replicas: int = Field(3, ge=1)
@@ -68,6 +72,7 @@ class Settings(BaseSettings):
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
     def broker_scheme(self) -> str:

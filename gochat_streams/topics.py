@@ -56,27 +56,27 @@ class TopicSpec:
 
 
 def upstream(s: Settings) -> TopicSpec:
-    return TopicSpec(UPSTREAM, "from_user_id", "UpstreamMessage", s.upstream_partitions,
+    return TopicSpec(s.namespace + UPSTREAM, "from_user_id", "UpstreamMessage", s.upstream_partitions,
                      s.upstream_replicas, s.upstream_retention_ms, s.compression)
 
 
 def user(s: Settings) -> TopicSpec:
-    return TopicSpec(USER, "user_id", "PresenceChange | Delivery", s.user_partitions,
+    return TopicSpec(s.namespace + USER, "user_id", "PresenceChange | Delivery", s.user_partitions,
                      s.user_replicas, s.user_retention_ms, s.compression)
 
 
 def downstream(s: Settings, gateway_id: str) -> TopicSpec:
-    return TopicSpec(downstream_name(gateway_id), "to_user_id", "DownstreamMessage",
+    return TopicSpec(downstream_name(s, gateway_id), "to_user_id", "DownstreamMessage",
                      s.downstream_partitions, s.downstream_replicas, s.downstream_retention_ms, s.compression)
 
 
 def task(s: Settings) -> TopicSpec:
-    return TopicSpec(TASK, "task_type", "Task", s.task_partitions, s.task_replicas,
+    return TopicSpec(s.namespace + TASK, "task_type", "Task", s.task_partitions, s.task_replicas,
                      s.task_retention_ms, s.compression)
 
 
-def downstream_name(gateway_id: str) -> str:
-    return f"{DOWNSTREAM_PREFIX}{gateway_id}"
+def downstream_name(s: Settings, gateway_id: str) -> str:
+    return f"{s.namespace}{DOWNSTREAM_PREFIX}{gateway_id}"
 
 
 def core(s: Settings) -> list[TopicSpec]:
@@ -97,17 +97,17 @@ class ConsumerGroup:
 
 
 def logic_group(s: Settings) -> ConsumerGroup:
-    return ConsumerGroup("im-logic-group", "earliest", False, 100,
+    return ConsumerGroup(s.namespace + "im-logic-group", "earliest", False, 100,
                          int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
 
 
 def gateway_group(s: Settings, gateway_id: str) -> ConsumerGroup:
-    return ConsumerGroup(f"gateway-{gateway_id}-group", "latest", True, 50,
+    return ConsumerGroup(f"{s.namespace}gateway-{gateway_id}-group", "latest", True, 50,
                          int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
 
 
 def task_group(s: Settings) -> ConsumerGroup:
-    return ConsumerGroup("im-task-group", "earliest", False, 200,
+    return ConsumerGroup(s.namespace + "im-task-group", "earliest", False, 200,
                          int(s.session_timeout_s * 1000), int(s.heartbeat_interval_s * 1000))
 
 

@@ -76,7 +76,7 @@ async def _consume_downstream(app: web.Application) -> None:
     s = app[SETTINGS]
     group = topics.gateway_group(s, s.gateway_id)
     consumer = AIOKafkaConsumer(
-        topics.downstream_name(s.gateway_id),
+        topics.downstream_name(s, s.gateway_id),
         group_id=group.group_id,
         auto_offset_reset=group.auto_offset_reset,
         enable_auto_commit=group.enable_auto_commit,
@@ -133,7 +133,7 @@ async def _publish_presence(app: web.Application, user_id: str, connection_id: s
     change = PresenceChange(
         user_id=user_id, gateway_id=s.gateway_id, connection_id=connection_id, online=online, timestamp=now_ms()
     )
-    await app[PRODUCER].send_and_wait(topics.USER, key=user_id.encode(), value=encode(change))
+    await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(change))
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -200,7 +200,7 @@ async def _on_frame(app: web.Application, ws: web.WebSocketResponse, user_id: st
         timestamp=message.timestamp if message.timestamp is not None else now_ms(),
     )
     try:
-        await app[PRODUCER].send_and_wait(topics.UPSTREAM, key=user_id.encode(), value=encode(upstream))
+        await app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
     except KafkaError as exc:
         await _error(ws, "broker_unavailable", f"message not accepted: {exc}", message.message_id)
         return
@@ -222,6 +222,7 @@ async def demo_page(request: web.Request) -> web.FileResponse:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
+    logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
