@@ -1,0 +1,184 @@
+"""A real broker and Redis for the session; workers and gateways as subprocesses per test.
+
+``GOCHAT_TEST_BROKER=kafka://host:9092`` (and ``GOCHAT_TEST_REDIS=redis://...``) run the
+suite against servers of your own; otherwise Tansu and redis-server start on loopback.
+Every test gets its own namespace, so topics and consumer groups are fresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from gochat_streams.devstack import DEV_ENV, Stack, free_port
+from gochat_streams.gateway.tokens import issue_token
+from gochat_streams.kafka import client_kwargs
+from gochat_streams.settings import Settings
+
+SECRET = "integration-test-secret"
+#: How long a test waits for something that should happen (first group joins included).
+WAIT_S = 60.0
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    setattr(item, f"rep_{call.when}", outcome.get_result())
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    stack = Stack(tmp_path_factory.mktemp("servers"))
+    try:
+        yield {
+            "GOCHAT_BROKER_URL": os.environ.get("GOCHAT_TEST_BROKER") or stack.start_broker(free_port()),
+            "GOCHAT_REDIS_URL": os.environ.get("GOCHAT_TEST_REDIS") or stack.start_redis(free_port()),
+        }
+    finally:
+        stack.stop()
+
+
+@dataclass
+class Cluster:
+    """The processes of one test, sharing one namespace on the session's servers."""
+
+    env: dict[str, str]
+    root: Path
+    stack: Stack
+    workers: dict[str, Any] = field(default_factory=dict)
+    gateways: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**{k[len("GOCHAT_"):].lower(): v for k, v in self.env.items()})
+
+    def start_worker(self, name: str = "w1") -> None:
+        data_dir = self.root / name
+        data_dir.mkdir(exist_ok=True)
+        self.workers[name] = self.stack.start_worker(name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, free_port())
+        self.wait_for_log(name, "[^Worker]: Ready")
+
+    def stop_worker(self, name: str) -> None:
+        self.stack.stop_one(self.workers.pop(name))
+
+    def start_gateway(self, gateway_id: str) -> str:
+        port = free_port()
+        self.stack.start_gateway(f"gateway-{gateway_id}", {**self.env, "GOCHAT_GATEWAY_ID": gateway_id}, port,
+                                 timeout=WAIT_S)
+        self.gateways[gateway_id] = port
+        return f"http://127.0.0.1:{port}"
+
+    def wait_for_log(self, name: str, text: str, *, occurrences: int = 1) -> None:
+        import time
+
+        log = self.stack.log_dir / f"{name}.log"
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text(errors="replace").count(text) >= occurrences:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{name} did not log {text!r} within {WAIT_S}s")
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted(self.stack.log_dir.glob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-60:]
+            parts.append(f"----- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    env = {
+        **DEV_ENV,
+        **servers,
+        "GOCHAT_NAMESPACE": f"t{uuid.uuid4().hex[:10]}.",
+        "GOCHAT_AUTH_SECRET": SECRET,
+    }
+    stack = Stack(tmp_path / "logs")
+    c = Cluster(env, tmp_path, stack)
+    try:
+        yield c
+    finally:
+        stack.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(c.logs())
+
+
+class Client:
+    """One user's WebSocket, with the frames it has received."""
+
+    def __init__(self, user_id: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.user_id = user_id
+        self.ws = ws
+
+    async def send(self, message_id: str, to_user_id: str | None, content: str = "hello", **extra: Any) -> None:
+        message = {"message_id": message_id, "to_user_id": to_user_id, "conversation_id": f"c_{message_id}",
+                   "content": content, "message_type": "text", "metadata": {}, **extra}
+        await self.ws.send_json({"type": "send", "message": message})
+
+    async def next_frame(self, timeout: float = WAIT_S) -> dict[str, Any]:
+        return await self.ws.receive_json(timeout=timeout)
+
+    async def frames(self, count: int, timeout: float = WAIT_S) -> list[dict[str, Any]]:
+        return [await self.next_frame(timeout) for _ in range(count)]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Any]:
+    session = aiohttp.ClientSession()
+    sockets: list[aiohttp.ClientWebSocketResponse] = []
+
+    async def _connect(base_url: str, user_id: str) -> Client:
+        ws = await session.ws_connect(f"{base_url}/ws", headers={"Authorization": f"Bearer {token(user_id)}"})
+        sockets.append(ws)
+        return Client(user_id, ws)
+
+    yield _connect
+    for ws in sockets:
+        await ws.close()
+    await session.close()
+
+
+def token(user_id: str, ttl_s: int = 3600) -> str:
+    return issue_token(user_id, SECRET, ttl_s)
+
+
+async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
+    """Produce ``records`` in as few batches as the producer makes (linger), then flush."""
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=50, compression_type="lz4")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key.encode()) for key, value in records]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def consume_all(settings: Settings, topics: list[str], until: Any, timeout: float = WAIT_S) -> list[Any]:
+    """Read ``topics`` from the start until ``until(records)`` is true; then return what was read."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()  # fills the metadata partitions_for_topic reads
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(await consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        async with asyncio.timeout(timeout):
+            while not until(records):
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()

@@ -1,0 +1,104 @@
+"""Single chat through the real broker, Faust workers and gateways, with WebSocket clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import Cluster, token
+
+pytestmark = pytest.mark.integration
+
+RECIPIENTS = [f"bob{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
+async def test_message_reaches_each_recipient_once_in_downstream_format(
+    cluster: Cluster, connect: Any, workers: int
+) -> None:
+    # Ten recipients spread over the user-topic partitions, so with two workers both
+    # workers route messages with their own share of the presence table.
+    for i in range(workers):
+        cluster.start_worker(f"w{i + 1}")
+    gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
+    alice = await connect(gw1, "alice")
+    bobs = [await connect(gw1 if i % 2 else gw2, user) for i, user in enumerate(RECIPIENTS)]
+
+    for bob in bobs:
+        await alice.send(f"m-{bob.user_id}", bob.user_id, content=f"hi {bob.user_id}")
+    acks = await alice.frames(len(bobs))
+    assert acks == [{"type": "ack", "message_id": f"m-{bob.user_id}"} for bob in bobs]
+
+    for bob in bobs:
+        frame = await bob.next_frame()
+        assert frame["type"] == "message"
+        message = frame["message"]
+        assert message["message_id"] == f"m-{bob.user_id}"
+        assert message["from_user_id"] == "alice"
+        assert message["to_user_id"] == bob.user_id
+        assert message["content"] == f"hi {bob.user_id}"
+        assert message["version"] == "1.0"
+        assert set(message) == {"message_id", "from_user_id", "to_user_id", "conversation_id", "content",
+                                "message_type", "metadata", "timestamp", "version"}
+
+    # Once: the next thing each recipient receives is the second message, not a copy.
+    for bob in bobs:
+        await alice.send(f"second-{bob.user_id}", bob.user_id)
+    await alice.frames(len(bobs))
+    for bob in bobs:
+        assert (await bob.next_frame())["message"]["message_id"] == f"second-{bob.user_id}"
+
+
+async def test_claiming_another_sender_is_refused_and_nothing_is_delivered(cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    alice, bob = await connect(gw, "alice"), await connect(gw, "bob")
+
+    await alice.send("spoofed", "bob", from_user_id="carol")
+    assert await alice.next_frame() == {
+        "type": "error", "code": "sender_mismatch", "detail": "from_user_id is not the authenticated user",
+        "message_id": "spoofed",
+    }
+    await alice.send("honest", "bob", from_user_id="alice")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "honest"}
+    # Bob's first frame is the honest message: the spoofed one never reached the broker.
+    assert (await bob.next_frame())["message"]["message_id"] == "honest"
+
+
+async def test_bad_frames_get_error_frames_and_the_socket_stays_open(cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    alice, bob = await connect(gw, "alice"), await connect(gw, "bob")
+
+    await alice.ws.send_str("{not json")
+    assert (await alice.next_frame())["code"] == "malformed_json"
+    await alice.ws.send_json({"type": "teleport"})
+    assert (await alice.next_frame())["code"] == "unknown_type"
+    await alice.send("big", "bob", content="x" * 10_001)
+    assert (await alice.next_frame())["code"] == "content_too_large"
+    await alice.ws.send_str("x" * (64 * 1024 + 1))
+    assert (await alice.next_frame())["code"] == "frame_too_large"
+
+    await alice.send("fine", "bob")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "fine"}
+    assert (await bob.next_frame())["message"]["message_id"] == "fine"
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {},
+        {"params": {"token": "not-a-token"}},
+        {"headers": {"Authorization": "Bearer " + token("alice", ttl_s=-10)}},
+        {"headers": {"Authorization": "Bearer " + token("alice")[:-2] + "xx"}},
+    ],
+    ids=["missing", "malformed", "expired", "forged"],
+)
+async def test_bad_token_gets_401_before_the_upgrade(cluster: Cluster, auth: dict[str, Any]) -> None:
+    gw = cluster.start_gateway("gw1")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(f"{gw}/ws", **auth)
+    assert refused.value.status == 401

@@ -1,0 +1,134 @@
+"""Models against every JSON example of the spec, and against bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gochat_streams.codecs import DecodeError, decode_task, decode_upstream, decode_user_event
+from gochat_streams.models import (
+    TASK_ADAPTER,
+    DownstreamMessage,
+    GroupFanoutPayload,
+    MessageBody,
+    OfflinePushPayload,
+    PersistMessagePayload,
+    UpstreamMessage,
+)
+
+EXAMPLES = json.loads((Path(__file__).parent / "spec_examples.json").read_text())
+LIMIT = 10_000
+
+
+def test_upstream_example_round_trips() -> None:
+    message = UpstreamMessage.model_validate_json(json.dumps(EXAMPLES["upstream"]))
+    assert json.loads(message.model_dump_json()) == EXAMPLES["upstream"]
+
+
+def test_downstream_example_round_trips() -> None:
+    message = DownstreamMessage.model_validate_json(json.dumps(EXAMPLES["downstream"]))
+    assert json.loads(message.model_dump_json()) == EXAMPLES["downstream"]
+
+
+def test_upstream_becomes_the_downstream_example() -> None:
+    message = UpstreamMessage.model_validate(EXAMPLES["upstream"])
+    assert json.loads(message.to_downstream().model_dump_json()) == EXAMPLES["downstream"]
+
+
+def test_task_example_round_trips() -> None:
+    task = TASK_ADAPTER.validate_json(json.dumps(EXAMPLES["task"]))
+    assert json.loads(TASK_ADAPTER.dump_json(task)) == EXAMPLES["task"]
+
+
+@pytest.mark.parametrize(
+    "name", ["text", "image", "file", "location", "system_conversation", "system_group"]
+)
+def test_message_type_examples_round_trip(name: str) -> None:
+    body = MessageBody.model_validate(EXAMPLES[name])
+    assert body.message_type == name
+    assert json.loads(body.model_dump_json()) == EXAMPLES[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "payload_model"),
+    [("persist_message", PersistMessagePayload), ("offline_push", OfflinePushPayload),
+     ("group_fanout", GroupFanoutPayload)],
+)
+def test_task_type_examples_round_trip(name: str, payload_model: type) -> None:
+    example = EXAMPLES[name]
+    assert example["task_type"] == name
+    task = TASK_ADAPTER.validate_python(
+        {**example, "task_id": "task_1", "timestamp": 1640995200000}
+    )
+    assert isinstance(task.payload, payload_model)
+    assert json.loads(task.payload.model_dump_json()) == example["payload"]
+
+
+def _upstream(**changes: object) -> bytes:
+    return json.dumps({**EXAMPLES["upstream"], **changes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "field"),
+    [
+        (b"{not json", "malformed_json", ""),
+        (b"\xff\xfe\x00", "malformed_json", ""),
+        (_upstream(message_type="video"), "unknown_type", "message_type"),
+        (_upstream(timestamp="yesterday"), "invalid_schema", "timestamp"),
+        (_upstream(version="2.0"), "invalid_schema", "version"),
+        (_upstream(surprise=1), "invalid_schema", "surprise"),
+        (_upstream(from_user_id="bad id with spaces"), "invalid_schema", "from_user_id"),
+        (_upstream(message_type="location", metadata={"latitude": 91, "longitude": 0}), "invalid_schema", "latitude"),
+        (_upstream(message_type="file", metadata={}), "missing_field", "filename"),
+        (_upstream(content="x" * (LIMIT + 1)), "oversize", "content"),
+        (b" " * (1024 * 1024 + 1), "oversize", "record"),
+    ],
+)
+def test_bad_upstream_is_a_decode_error_naming_the_problem(raw: bytes, reason: str, field: str) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_upstream(raw, max_content_chars=LIMIT)
+    assert caught.value.reason == reason
+    assert field in str(caught.value)
+
+
+def test_missing_message_id_is_named() -> None:
+    data = {k: v for k, v in EXAMPLES["upstream"].items() if k != "message_id"}
+    with pytest.raises(DecodeError) as caught:
+        decode_upstream(json.dumps(data).encode(), max_content_chars=LIMIT)
+    assert caught.value.reason == "missing_field"
+    assert "message_id" in caught.value.detail
+
+
+def test_unknown_task_type_is_named() -> None:
+    raw = json.dumps({**EXAMPLES["task"], "task_type": "send_email"}).encode()
+    with pytest.raises(DecodeError) as caught:
+        decode_task(raw)
+    assert caught.value.reason == "unknown_type"
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_decode_error(raw: bytes) -> None:
+    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT), decode_task, decode_user_event):
+        try:
+            decoder(raw)
+        except DecodeError:
+            pass
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(JSON)
+def test_arbitrary_json_raises_only_decode_error(value: object) -> None:
+    raw = json.dumps(value).encode()
+    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT), decode_task, decode_user_event):
+        try:
+            decoder(raw)
+        except DecodeError:
+            pass
