@@ -103,6 +103,7 @@ def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
         **servers,
         "GOCHAT_NAMESPACE": f"t{uuid.uuid4().hex[:10]}.",
         "GOCHAT_AUTH_SECRET": SECRET,
+        "GOCHAT_TABLE_STORE": "rocksdb://",
     }
     stack = Stack(tmp_path / "logs")
     c = Cluster(env, tmp_path, stack)
@@ -171,7 +172,7 @@ async def consume_all(settings: Settings, topics: list[str], until: Any, timeout
     await consumer.start()
     try:
         await consumer.topics()  # fills the metadata partitions_for_topic reads
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(await consumer.partitions_for_topic(t) or ())]
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[Any] = []
