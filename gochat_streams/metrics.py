@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
 
 records_rejected = Counter(
     "gochat_records_rejected_total",
@@ -14,3 +18,9 @@ messages_routed = Counter(
     "Messages routed by the logic service, by path",
     ["path"],
 )
+
+
+def reject(where: str, reason: str, detail: object) -> None:
+    """Count and log one record refused as bad input; the caller moves on to the next."""
+    records_rejected.labels(where, reason).inc()
+    log.warning("rejected %s record (%s): %s", where, reason, detail)

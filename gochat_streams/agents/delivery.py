@@ -10,7 +10,6 @@ presence change that worker had not yet read.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 from faust import StreamT
@@ -18,15 +17,12 @@ from faust import StreamT
 from ..app import app
 from ..channels import downstream, task, user
 from ..codecs import DecodeError, decode_user_event, encode
-from ..metrics import messages_routed, records_rejected
+from ..metrics import messages_routed, reject
 from ..models import Delivery, PresenceChange
 from ..routing import gateways_for, offline_tasks
 from ..tables.presence import presence, with_connection, without_connection
 
-log = logging.getLogger(__name__)
-
-
-async def _apply_presence(change: PresenceChange) -> None:
+def _apply_presence(change: PresenceChange) -> None:
     current = presence.get(change.user_id)
     if change.online:
         presence[change.user_id] = with_connection(current, change.gateway_id, change.connection_id, change.timestamp)
@@ -36,7 +32,6 @@ async def _apply_presence(change: PresenceChange) -> None:
         presence[change.user_id] = remaining
     elif current is not None:
         del presence[change.user_id]
-
 
 async def _deliver(delivery: Delivery) -> None:
     message = delivery.message
@@ -53,7 +48,6 @@ async def _deliver(delivery: Delivery) -> None:
         await task.send(key=offline_task.task_type, value=encode(offline_task))
     messages_routed.labels("offline").inc()
 
-
 @app.agent(user, name="deliver")
 async def deliver(stream: StreamT[bytes]) -> None:
     """im-user-topic -> presence table, im-downstream-topic-{gateway_id}, im-task-topic (offline)."""
@@ -61,10 +55,9 @@ async def deliver(stream: StreamT[bytes]) -> None:
         try:
             event = decode_user_event(raw)
         except DecodeError as exc:
-            records_rejected.labels("user", exc.reason).inc()
-            log.warning("rejected user-topic record: %s", exc)
+            reject("user", exc.reason, exc.detail)
             continue
         if isinstance(event, PresenceChange):
-            await _apply_presence(event)
+            _apply_presence(event)
         else:
             await _deliver(event)

@@ -8,17 +8,13 @@ where agents/delivery.py owns both the message and the recipient's presence.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 from ..app import app, settings
 from ..channels import upstream, user
 from ..codecs import DecodeError, decode_upstream, encode
-from ..metrics import messages_routed, records_rejected
+from ..metrics import messages_routed, reject
 from ..routing import Unroutable, deliveries
-
-log = logging.getLogger(__name__)
-
 
 @app.agent(upstream, name="route_upstream")
 async def route_upstream(stream: AsyncIterator[bytes]) -> None:
@@ -28,12 +24,10 @@ async def route_upstream(stream: AsyncIterator[bytes]) -> None:
             message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
             routed = deliveries(message)
         except DecodeError as exc:
-            records_rejected.labels("upstream", exc.reason).inc()
-            log.warning("rejected upstream record: %s", exc)
+            reject("upstream", exc.reason, exc.detail)
             continue
         except Unroutable as exc:
-            records_rejected.labels("upstream", "unroutable").inc()
-            log.warning("rejected upstream message %s: %s", message.message_id, exc)
+            reject("upstream", "unroutable", f"{message.message_id}: {exc}")
             continue
         for user_id, delivery in routed:
             await user.send(key=user_id, value=encode(delivery))

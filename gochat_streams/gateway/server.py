@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, encode
 from ..kafka import client_kwargs, producer_kwargs
-from ..metrics import records_rejected
+from ..metrics import records_rejected, reject
 from ..models import ErrorCode, PresenceChange, UpstreamMessage, now_ms
 from ..settings import Settings
 from .hub import Hub
@@ -106,11 +106,10 @@ async def _push(hub: Hub, raw: bytes) -> None:
     try:
         message = decode_downstream(raw)
     except DecodeError as exc:
-        records_rejected.labels("downstream", exc.reason).inc()
-        log.warning("rejected downstream record: %s", exc)
+        reject("downstream", exc.reason, exc.detail)
         return
     if message.to_user_id is None:
-        records_rejected.labels("downstream", "missing_field").inc()
+        reject("downstream", "missing_field", f"{message.message_id}: no to_user_id")
         return
     # The record is already the downstream JSON: wrap it rather than re-serialise it.
     await hub.push(message.to_user_id, '{"type":"message","message":' + raw.decode() + "}")
@@ -222,7 +221,11 @@ async def demo_page(request: web.Request) -> web.FileResponse:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
-    logging.basicConfig(level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+    # force: the Faust CLI that runs this command has already configured logging.
+    logging.basicConfig(
+        level=settings.log_level, force=True,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)

@@ -88,12 +88,34 @@ class Cluster:
             time.sleep(0.1)
         raise TimeoutError(f"{name} did not log {text!r} within {WAIT_S}s")
 
+    def assigned(self, worker: str, topic: str) -> set[int]:
+        """The partitions of ``topic`` in the worker's latest assignment, as Faust logged it."""
+        text = (self.stack.log_dir / f"{worker}.log").read_text(errors="replace")
+        table = text.rsplit("Setting newly assigned partitions", 1)[-1].split("for group", 1)[0]
+        for row in table.splitlines():
+            cells = [c.strip() for c in row.split("|")]
+            if len(cells) > 2 and cells[1] == topic:
+                return _partition_set(cells[2])
+        return set()
+
     def logs(self) -> str:
         parts = []
         for log in sorted(self.stack.log_dir.glob("*.log")):
             lines = log.read_text(errors="replace").splitlines()[-60:]
             parts.append(f"----- {log.name} (last {len(lines)} lines)\n" + "\n".join(lines))
         return "\n".join(parts)
+
+
+def _partition_set(text: str) -> set[int]:
+    """Faust's ``{0-3, 7}`` notation -> ``{0, 1, 2, 3, 7}``."""
+    out: set[int] = set()
+    for part in text.strip("{}").split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            out.update(range(int(low), int(high) + 1))
+        elif part.strip():
+            out.add(int(part))
+    return out
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gochat_streams import topics
+
 from .conftest import Cluster, token
 
 pytestmark = pytest.mark.integration
@@ -42,6 +44,13 @@ async def test_message_reaches_each_recipient_once_in_downstream_format(
         assert message["version"] == "1.0"
         assert set(message) == {"message_id", "from_user_id", "to_user_id", "conversation_id", "content",
                                 "message_type", "metadata", "timestamp", "version"}
+
+    if workers == 2:
+        # Both workers routed with their own share of the presence table.
+        user_topic = topics.user(cluster.settings)
+        shares = [cluster.assigned(w, user_topic.name) for w in ("w1", "w2")]
+        assert all(shares) and not shares[0] & shares[1]
+        assert shares[0] | shares[1] == set(range(user_topic.partitions))
 
     # Once: the next thing each recipient receives is the second message, not a copy.
     for bob in bobs:
