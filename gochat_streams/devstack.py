@@ -154,7 +154,9 @@ def main() -> None:
     from .gateway.tokens import issue_token
     from .settings import Settings
 
-    # SIGTERM ends the wait below as Ctrl-C does; `running` then stops every process.
+    # Both end the wait below; `running` then stops every process. SIGINT is set
+    # explicitly because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     (args.dir / "data").mkdir(parents=True, exist_ok=True)
     with running(args.dir / "logs") as stack:
