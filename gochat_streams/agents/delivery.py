@@ -10,8 +10,6 @@ presence change that worker had not yet read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from faust import StreamT
 
 from ..app import app
@@ -21,6 +19,7 @@ from ..metrics import messages_routed, reject
 from ..models import Delivery, PresenceChange
 from ..routing import gateways_for, offline_tasks
 from ..tables.presence import presence, with_connection, without_connection
+
 
 def _apply_presence(change: PresenceChange) -> None:
     current = presence.get(change.user_id)
@@ -32,6 +31,7 @@ def _apply_presence(change: PresenceChange) -> None:
         presence[change.user_id] = remaining
     elif current is not None:
         del presence[change.user_id]
+
 
 async def _deliver(delivery: Delivery) -> None:
     message = delivery.message
@@ -47,6 +47,7 @@ async def _deliver(delivery: Delivery) -> None:
     for offline_task in offline_tasks(message, user_id):
         await task.send(key=offline_task.task_type, value=encode(offline_task))
     messages_routed.labels("offline").inc()
+
 
 @app.agent(user, name="deliver")
 async def deliver(stream: StreamT[bytes]) -> None:

@@ -8,7 +8,7 @@ where agents/delivery.py owns both the message and the recipient's presence.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from faust import StreamT
 
 from ..app import app, settings
 from ..channels import upstream, user
@@ -16,8 +16,9 @@ from ..codecs import DecodeError, decode_upstream, encode
 from ..metrics import messages_routed, reject
 from ..routing import Unroutable, deliveries
 
+
 @app.agent(upstream, name="route_upstream")
-async def route_upstream(stream: AsyncIterator[bytes]) -> None:
+async def route_upstream(stream: StreamT[bytes]) -> None:
     """im-upstream-topic -> im-user-topic: validates a message, re-keys it by recipient."""
     async for raw in stream:
         try:

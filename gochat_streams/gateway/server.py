@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, encode
 from ..kafka import client_kwargs, producer_kwargs
-from ..metrics import records_rejected, reject
+from ..metrics import reject
 from ..models import ErrorCode, PresenceChange, UpstreamMessage, now_ms
 from ..settings import Settings
 from .hub import Hub
@@ -168,7 +168,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, message_id: str | None = None) -> None:
-    records_rejected.labels("gateway", code).inc()
+    reject("gateway", code, detail)
     await ws.send_json({"type": "error", "code": code, "detail": detail, "message_id": message_id})
 
 
