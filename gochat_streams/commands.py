@@ -12,8 +12,6 @@ from .gateway.tokens import issue_token
 
 @app.command(option("--ttl", type=int, default=None, help="Seconds until the token expires."),
              faust.cli.argument("user_id"))
-
-
 async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> None:
     """Print a signed gateway token for USER_ID (development use)."""
     print(issue_token(user_id, settings.auth_secret.get_secret_value(), ttl or settings.token_ttl_s))
