@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     user_partitions: int = Field(10, ge=1)
     user_replicas: int = Field(3, ge=1)
     user_retention_ms: int = 1 * DAY_MS
+    # im-group-topic: group and conversation messages keyed by group id (see topics.py).
+    group_partitions: int = Field(10, ge=1)
+    group_replicas: int = Field(3, ge=1)
+    group_retention_ms: int = 1 * DAY_MS
     compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = "lz4"
 
     # Consumer-group timing: the spec's 30 s session / 10 s heartbeat. The dev
@@ -60,6 +64,29 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = 6066
 
+    # Routing
+    #: Groups up to this size are fanned out by the logic service itself; larger ones
+    #: through ``group_fanout`` tasks of ``fanout_batch_size`` members each.
+    small_group_max_members: int = Field(200, ge=1)
+    fanout_batch_size: int = Field(100, ge=1, le=10_000)
+    #: Unacknowledged messages kept per user for reconnect sync; beyond this the oldest
+    #: are dropped from the inbox (they stay in the message store's history).
+    inbox_max_pending: int = Field(10_000, ge=1)
+
+    # Task service: message store and offline push
+    #: ``postgresql://user:pass@host/db`` or ``sqlite:///path``; SQLite in the data dir if unset.
+    store_url: str | None = None
+    #: Offline pushes are POSTed here when set; otherwise appended to ``push_outbox``.
+    push_webhook_url: str | None = None
+    push_timeout_s: float = Field(5.0, gt=0)
+    #: JSONL outbox of the default pusher; ``<data_dir>/push-outbox.jsonl`` if unset.
+    push_outbox: Path | None = None
+
+    # History endpoint
+    history_default_limit: int = Field(50, ge=1)
+    history_max_limit: int = Field(200, ge=1)
+    history_cache_ttl_s: int = Field(300, ge=1)
+
     # Gateway
     gateway_id: str = Field("gateway_001", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     gateway_host: str = "127.0.0.1"
@@ -73,6 +100,14 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def message_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{(self.data_dir / 'messages.sqlite3').resolve()}"
+
+    @property
+    def push_outbox_path(self) -> Path:
+        return self.push_outbox or self.data_dir / "push-outbox.jsonl"
 
     @property
     def broker_scheme(self) -> str:

@@ -20,6 +20,9 @@ class PersistMessagePayload(Model):
     content: str
     message_type: MessageType
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: When the message was sent (its ``timestamp``); not in the spec's example, which
+    #: predates history ordering. Optional so that the spec's example still validates.
+    timestamp: TimestampMs | None = None
 
 
 class OfflinePushPayload(Model):
