@@ -1,7 +1,9 @@
-"""Builds the Faust app of the logic service, and nothing else.
+"""Builds the two Faust apps, and nothing else: the logic service and the task service.
 
-Faust uses an app's id as its consumer group, so the id is the spec's ``im-logic-group``.
-Start a worker with ``faust -A gochat_streams.app worker -l info``.
+Faust uses an app's id as its consumer group, so the ids are the spec's
+``im-logic-group`` and ``im-task-group``. Start workers with
+``faust -A gochat_streams.app:app worker -l info`` (logic) and
+``faust -A gochat_streams.app:task_app worker -l info`` (tasks).
 """
 
 from __future__ import annotations
@@ -13,16 +15,16 @@ from .kafka import faust_credentials
 from .settings import Settings, get_settings
 
 
-class LogicApp(faust.App):
+class GochatApp(faust.App):
     """Creates the spec's topics before its consumer subscribes to them.
 
     A broker that auto-creates topics on a metadata request (Tansu; Kafka with
     ``auto.create.topics.enable``) would otherwise create them with its own
-    partition count, and the presence table would no longer match its stream.
+    partition count, and the tables would no longer match their streams.
     """
 
-    def __init__(self, settings: Settings, **options: object) -> None:
-        super().__init__(topics.logic_group(settings).group_id, **options)
+    def __init__(self, settings: Settings, group_id: str, **options: object) -> None:
+        super().__init__(group_id, **options)
         self.gochat_settings = settings
 
     async def on_first_start(self) -> None:
@@ -30,15 +32,15 @@ class LogicApp(faust.App):
         await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
 
 
-def create_app(settings: Settings) -> LogicApp:
-    group = topics.logic_group(settings)
-    app = LogicApp(
+def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
+    return GochatApp(
         settings,
+        group.group_id,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
         datadir=str(settings.data_dir),
-        autodiscover=["gochat_streams.agents", "gochat_streams.tables", "gochat_streams.commands"],
+        autodiscover=autodiscover,
         origin="gochat_streams",
         # Faust commits only what agents have acked, after flushing the producer
         # (faust/transport/consumer.py: _commit_offsets): "commit after processing".
@@ -55,8 +57,13 @@ def create_app(settings: Settings) -> LogicApp:
         web_port=settings.web_port,
         web_in_thread=False,
     )
-    return app
 
 
 settings = get_settings()
-app = create_app(settings)
+app = create_app(
+    settings,
+    topics.logic_group(settings),
+    ["gochat_streams.agents.upstream", "gochat_streams.agents.groups", "gochat_streams.agents.delivery",
+     "gochat_streams.tables", "gochat_streams.commands"],
+)
+task_app = create_app(settings, topics.task_group(settings), ["gochat_streams.agents.tasks"])

@@ -1,4 +1,4 @@
-"""The logic app's Faust topic objects, made once from the specs in topics.py."""
+"""The Faust topic objects of both apps, made once from the specs in topics.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from functools import lru_cache
 import faust
 
 from . import topics
-from .app import app, settings
+from .app import app, settings, task_app
 
+# Logic service
 upstream = topics.faust_topic(app, topics.upstream(settings))
+group = topics.faust_topic(app, topics.group(settings))
 user = topics.faust_topic(app, topics.user(settings))
 task = topics.faust_topic(app, topics.task(settings))
 
@@ -17,3 +19,8 @@ task = topics.faust_topic(app, topics.task(settings))
 @lru_cache(maxsize=4096)
 def downstream(gateway_id: str) -> faust.TopicT:
     return topics.faust_topic(app, topics.downstream(settings, gateway_id))
+
+
+# Task service: it consumes the tasks and expands group fan-outs onto im-user-topic.
+task_service_tasks = topics.faust_topic(task_app, topics.task(settings))
+task_service_user = topics.faust_topic(task_app, topics.user(settings))

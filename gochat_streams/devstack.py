@@ -1,4 +1,4 @@
-"""The local dev stack on loopback: broker, Redis, a logic worker and a gateway.
+"""The local dev stack on loopback: broker, Redis, a logic worker, a task worker and a gateway.
 
 ``python -m gochat_streams.devstack`` (what ``make run`` calls) starts them, prints the
 demo URL with two tokens, and stops everything it started on Ctrl-C. The test harness
@@ -30,6 +30,7 @@ DEV_ENV = {
     "GOCHAT_DOWNSTREAM_REPLICAS": "1",
     "GOCHAT_TASK_REPLICAS": "1",
     "GOCHAT_USER_REPLICAS": "1",
+    "GOCHAT_GROUP_REPLICAS": "1",
     "GOCHAT_SESSION_TIMEOUT_S": "4",
     "GOCHAT_HEARTBEAT_INTERVAL_S": "0.5",
     "GOCHAT_REBALANCE_TIMEOUT_S": "2",
@@ -100,8 +101,10 @@ class Stack:
         wait_for_port(port, proc=proc)
         return f"redis://127.0.0.1:{port}/0"
 
-    def start_worker(self, name: str, env: Mapping[str, str], web_port: int, timeout: float = 90.0) -> subprocess.Popen:
-        proc = self.spawn(name, [sys.executable, "-m", "gochat_streams", "worker", "-l", "info",
+    def start_worker(self, name: str, env: Mapping[str, str], web_port: int, timeout: float = 90.0,
+                     app: str = "gochat_streams.app:app") -> subprocess.Popen:
+        """A Faust worker of ``app``: the logic service, or ``gochat_streams.app:task_app``."""
+        proc = self.spawn(name, [sys.executable, "-m", "faust", "-A", app, "worker", "-l", "info",
                                  "--web-port", str(web_port), "--web-host", "127.0.0.1"], env)
         wait_for_port(web_port, timeout=timeout, proc=proc)
         return proc
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=16379)
     parser.add_argument("--gateway-port", type=int, default=8080)
     parser.add_argument("--worker-web-port", type=int, default=6066)
+    parser.add_argument("--task-worker-web-port", type=int, default=6067)
     args = parser.parse_args()
 
     from .gateway.tokens import issue_token
@@ -170,6 +174,8 @@ def main() -> None:
             print(f"broker  {env['GOCHAT_BROKER_URL']}\nredis   {env['GOCHAT_REDIS_URL']}", flush=True)
             stack.start_worker("worker", env, args.worker_web_port)
             print(f"worker  http://127.0.0.1:{args.worker_web_port}/", flush=True)
+            stack.start_worker("task-worker", env, args.task_worker_web_port, app="gochat_streams.app:task_app")
+            print(f"tasks   http://127.0.0.1:{args.task_worker_web_port}/", flush=True)
             stack.start_gateway("gateway", env, args.gateway_port)
             secret = Settings().auth_secret.get_secret_value()
             base = f"http://127.0.0.1:{args.gateway_port}/"

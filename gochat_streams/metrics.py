@@ -24,3 +24,13 @@ def reject(where: str, reason: str, detail: object) -> None:
     """Count and log one record refused as bad input; the caller moves on to the next."""
     records_rejected.labels(where, reason).inc()
     log.warning("rejected %s record (%s): %s", where, reason, detail)
+tasks_done = Counter(
+    "gochat_tasks_done_total",
+    "Tasks the task service completed, by type",
+    ["task_type"],
+)
+tasks_failed = Counter(
+    "gochat_tasks_failed_total",
+    "Tasks the task service could not complete, by type",
+    ["task_type"],
+)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from .models import (
-    Delivery,
+    USER_MESSAGE_TYPES,
     DownstreamMessage,
+    GroupFanoutPayload,
+    GroupFanoutTask,
     OfflinePushPayload,
     OfflinePushTask,
     PersistMessagePayload,
@@ -20,18 +22,25 @@ _PUSH_PREVIEWS = {"image": "[图片]", "file": "[文件]", "location": "[位置]
 _PUSH_PREVIEW_CHARS = 100
 
 
-class Unroutable(ValueError):
-    """A message that is valid but has nowhere to go (e.g. no recipient)."""
+def addressing_error(message: UpstreamMessage) -> str | None:
+    """Why a message's addressing is inconsistent, or None.
 
-
-def deliveries(message: UpstreamMessage) -> list[tuple[str, Delivery]]:
-    """Upstream message -> ``(user_id, Delivery)`` records for ``im-user-topic``.
-
-    Single chat: one delivery, keyed by the recipient.
+    Chat messages name a user (single chat) or, with ``to_user_id`` null, a group or
+    conversation in ``conversation_id``. System messages name their group or
+    conversation in the metadata, which must be the ``conversation_id`` too.
     """
-    if message.to_user_id is None:
-        raise Unroutable("to_user_id is required for a single-chat message")
-    return [(message.to_user_id, Delivery(message=message.to_downstream()))]
+    if message.message_type in USER_MESSAGE_TYPES:
+        return None
+    if message.to_user_id is not None:
+        return f"{message.message_type} messages go to a group or conversation: to_user_id must be null"
+    key = "group_id" if message.message_type == "system_group" else "conversation_id"
+    if message.metadata.get(key) != message.conversation_id:
+        return f"conversation_id must equal metadata.{key}"
+    return None
+
+
+def is_single_chat(message: UpstreamMessage) -> bool:
+    return message.to_user_id is not None
 
 
 def gateways_for(connections: Mapping[str, Mapping[str, int]] | None) -> list[str]:
@@ -46,27 +55,52 @@ def push_preview(message: DownstreamMessage) -> str:
     return f"{message.from_user_id}: {text}"
 
 
-def offline_tasks(message: DownstreamMessage, user_id: str) -> list[PersistMessageTask | OfflinePushTask]:
-    """The spec's offline path: persist the message, then push a notification."""
-    ts = now_ms()
-    persist = PersistMessageTask(
-        task_id=f"persist:{message.message_id}:{user_id}",
-        timestamp=ts,
+def persist_task(message: DownstreamMessage) -> PersistMessageTask:
+    """Every message is persisted once, for history, whoever is online."""
+    return PersistMessageTask(
+        task_id=f"persist:{message.message_id}",
+        timestamp=now_ms(),
         payload=PersistMessagePayload(
             message_id=message.message_id,
             conversation_id=message.conversation_id,
             from_user_id=message.from_user_id,
-            to_user_id=user_id,
+            to_user_id=message.to_user_id,
             content=message.content,
             message_type=message.message_type,
             metadata=message.metadata,
+            timestamp=message.timestamp,
         ),
     )
-    push = OfflinePushTask(
+
+
+def offline_push_task(message: DownstreamMessage, user_id: str) -> OfflinePushTask:
+    """The spec's offline path: the message is already persisted; notify the user."""
+    return OfflinePushTask(
         task_id=f"push:{message.message_id}:{user_id}",
-        timestamp=ts,
+        timestamp=now_ms(),
         payload=OfflinePushPayload(
             user_id=user_id, message_id=message.message_id, title="新消息", content=push_preview(message)
         ),
     )
-    return [persist, push]
+
+
+def fanout_tasks(message: DownstreamMessage, group_id: str, recipients: list[str], sender: str,
+                 batch_size: int) -> list[GroupFanoutTask]:
+    """A large group's message as ``group_fanout`` tasks of at most ``batch_size`` members, sender excluded."""
+    members = [m for m in recipients if m != sender]
+    ts = now_ms()
+    return [
+        GroupFanoutTask(
+            task_id=f"fanout:{message.message_id}:{start // batch_size}",
+            timestamp=ts,
+            payload=GroupFanoutPayload(
+                group_id=group_id,
+                message_id=message.message_id,
+                exclude_user_ids=[sender],
+                batch_size=batch_size,
+                member_ids=members[start:start + batch_size],
+                message=message,
+            ),
+        )
+        for start in range(0, len(members), batch_size)
+    ]

@@ -6,14 +6,23 @@ The spec's table, plus one internal topic:
 topic                          key               value                   part repl retention group
 ============================== ================= ======================= ==== ==== ========= =================
 im-upstream-topic              from_user_id      UpstreamMessage          10    3  7 d       im-logic-group
-im-user-topic (internal)       user_id           PresenceChange|Delivery  10    3  1 d       im-logic-group
+im-group-topic (internal)      group_id          UpstreamMessage          10    3  1 d       im-logic-group
+im-user-topic (internal)       user_id           UserEvent                10    3  1 d       im-logic-group
 im-downstream-topic-{gateway}  to_user_id        DownstreamMessage         3    2  1 d       gateway-{id}-group
 im-task-topic                  task_type         Task                      5    3  3 d       im-task-group
 ============================== ================= ======================= ==== ==== ========= =================
 
-``im-user-topic`` is the upstream re-keyed by recipient. The presence table is written
-from it, so a worker reads presence only for the users whose partitions it owns, which
-are exactly the users whose messages it routes (see agents/delivery.py).
+``im-group-topic`` is the upstream's group and system messages re-keyed by group (or
+conversation) id, where the groups table lives (agents/groups.py). ``im-user-topic`` is
+everything re-keyed by recipient: the presence and inbox tables are written from it, so
+a worker reads them only for the users whose partitions it owns, which are exactly the
+users whose messages it routes (agents/delivery.py).
+
+A downstream record's key is the user to push to (for a group message, the member:
+the message's own ``to_user_id`` stays null). Headers, all optional, say more:
+``DOWNSTREAM_SEQ`` the user's inbox sequence number (the client acknowledges it; an
+echo of the user's own message has none), ``DOWNSTREAM_CONNECTION`` the one socket to
+push to (reconnect sync), ``DOWNSTREAM_KIND`` ``error`` for a :class:`Refusal` value.
 """
 
 from __future__ import annotations
@@ -33,9 +42,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UPSTREAM = "im-upstream-topic"
+GROUP = "im-group-topic"
 USER = "im-user-topic"
 TASK = "im-task-topic"
 DOWNSTREAM_PREFIX = "im-downstream-topic-"
+
+DOWNSTREAM_SEQ = "gochat-seq"
+DOWNSTREAM_CONNECTION = "gochat-connection"
+DOWNSTREAM_KIND = "gochat-kind"
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -60,8 +74,13 @@ def upstream(s: Settings) -> TopicSpec:
                      s.upstream_replicas, s.upstream_retention_ms, s.compression)
 
 
+def group(s: Settings) -> TopicSpec:
+    return TopicSpec(s.namespace + GROUP, "group_id", "UpstreamMessage", s.group_partitions,
+                     s.group_replicas, s.group_retention_ms, s.compression)
+
+
 def user(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + USER, "user_id", "PresenceChange | Delivery", s.user_partitions,
+    return TopicSpec(s.namespace + USER, "user_id", "UserEvent", s.user_partitions,
                      s.user_replicas, s.user_retention_ms, s.compression)
 
 
@@ -81,7 +100,7 @@ def downstream_name(s: Settings, gateway_id: str) -> str:
 
 def core(s: Settings) -> list[TopicSpec]:
     """The topics that exist before any gateway starts."""
-    return [upstream(s), user(s), task(s)]
+    return [upstream(s), group(s), user(s), task(s)]
 
 
 @dataclass(frozen=True)

@@ -1,57 +1,149 @@
-"""im-user-topic -> presence table, im-downstream-topic-{gateway_id}, im-task-topic.
+"""im-user-topic -> presence and inbox tables, im-downstream-topic-{gateway_id}, im-task-topic.
 
-Partition-correct lookups: ``im-user-topic`` is keyed by user id, and the presence
-table is written from this same stream, so its changelog has the same partitions and
-the worker that owns a user's partition holds that user's presence. A connect and
-the messages after it are on one partition, so they are handled in order. No
-GlobalTable: every worker would hold every user, and a message could be routed on a
-presence change that worker had not yet read.
+Partition-correct lookups: ``im-user-topic`` is keyed by user id, and the presence and
+inbox tables are written from this same stream, so their changelogs have the same
+partitions and the worker that owns a user's partition holds that user's state. A
+user's connects, messages, acks and bounces are on one partition, handled in order.
+No GlobalTable: every worker would hold every user, and a message could be routed on
+a presence change that worker had not yet read.
+
+Reconnect sync: each message for a user gets the next number of the user's inbox and
+stays there until the user acknowledges it. When a socket connects, the pending
+entries go to that socket alone, in order, and every later message goes to all the
+user's sockets: as both happen in partition order, the new socket misses nothing and
+gets nothing twice.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from faust import StreamT
 
-from ..app import app
+from ..app import app, settings
 from ..channels import downstream, task, user
 from ..codecs import DecodeError, decode_user_event, encode
 from ..metrics import messages_routed, reject
-from ..models import Delivery, PresenceChange
-from ..routing import gateways_for, offline_tasks
-from ..tables.presence import presence, with_connection, without_connection
+from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange
+from ..routing import gateways_for, offline_push_task
+from ..tables.inbox import Cursor, inbox, inbox_cursors, inbox_key
+from ..tables.presence import presence, with_connection, without_connection, without_stale
+from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
 
 
-def _apply_presence(change: PresenceChange) -> None:
+async def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes]) -> None:
+    await downstream(gateway_id).send(key=user_id, value=value, headers=dict(headers))
+
+
+def _store_presence(user_id: str, connections: dict[str, dict[str, int]]) -> None:
+    if connections:
+        presence[user_id] = connections
+    elif user_id in presence:
+        del presence[user_id]
+
+
+async def _on_presence(change: PresenceChange) -> None:
     current = presence.get(change.user_id)
-    if change.online:
-        presence[change.user_id] = with_connection(current, change.gateway_id, change.connection_id, change.timestamp)
+    if not change.online:
+        _store_presence(change.user_id, without_connection(current, change.gateway_id, change.connection_id))
         return
-    remaining = without_connection(current, change.gateway_id, change.connection_id)
-    if remaining:
-        presence[change.user_id] = remaining
-    elif current is not None:
-        del presence[change.user_id]
+    presence[change.user_id] = with_connection(current, change.gateway_id, change.connection_id, change.timestamp)
+    await _sync(change)
 
 
-async def _deliver(delivery: Delivery) -> None:
-    message = delivery.message
-    user_id = message.to_user_id
-    assert user_id is not None  # Delivery records are always addressed (routing.deliveries)
+async def _sync(change: PresenceChange) -> None:
+    """Send the user's pending inbox entries, oldest first, to the socket that just connected."""
+    cursor: Cursor | None = inbox_cursors.get(change.user_id)
+    if cursor is None:
+        return
+    sent = 0
+    for seq in range(cursor["floor"], cursor["next"]):
+        entry = inbox.get(inbox_key(change.user_id, seq))
+        if entry is not None:
+            headers = {DOWNSTREAM_SEQ: str(seq).encode(), DOWNSTREAM_CONNECTION: change.connection_id.encode()}
+            await _push(change.gateway_id, change.user_id, _encode_entry(entry), headers)
+            sent += 1
+    if sent:
+        messages_routed.labels("sync").inc(sent)
+
+
+def _encode_entry(entry: Mapping[str, Any]) -> bytes:
+    return encode(DownstreamMessage.model_construct(**entry))
+
+
+def _keep(user_id: str, message: DownstreamMessage) -> int:
+    """Put the message in the user's inbox; its sequence number."""
+    cursor: Cursor = inbox_cursors.get(user_id) or {"next": 1, "floor": 1}
+    seq = cursor["next"]
+    inbox[inbox_key(user_id, seq)] = message.model_dump(mode="json")
+    floor = cursor["floor"]
+    while seq + 1 - floor > settings.inbox_max_pending:
+        # Oldest first out: the message stays in the store's history.
+        if (stale := inbox_key(user_id, floor)) in inbox:
+            del inbox[stale]
+        floor += 1
+    inbox_cursors[user_id] = {"next": seq + 1, "floor": floor}
+    return seq
+
+
+async def _on_delivery(delivery: Delivery) -> None:
+    user_id, message = delivery.user_id, delivery.message
     gateways = gateways_for(presence.get(user_id))
+    if delivery.echo:
+        # The sender's own message, for their other sockets: nothing to sync or push.
+        for gateway_id in gateways:
+            await _push(gateway_id, user_id, encode(message), {})
+        return
+    seq = _keep(user_id, message)
     if gateways:
+        headers = {DOWNSTREAM_SEQ: str(seq).encode()}
         value = encode(message)
         for gateway_id in gateways:
-            await downstream(gateway_id).send(key=user_id, value=value)
+            await _push(gateway_id, user_id, value, headers)
         messages_routed.labels("online").inc()
         return
-    for offline_task in offline_tasks(message, user_id):
-        await task.send(key=offline_task.task_type, value=encode(offline_task))
+    await _offline(user_id, message)
+
+
+async def _offline(user_id: str, message: DownstreamMessage) -> None:
+    push = offline_push_task(message, user_id)
+    await task.send(key=push.task_type, value=encode(push))
     messages_routed.labels("offline").inc()
+
+
+def _on_ack(ack: Ack) -> None:
+    key = inbox_key(ack.user_id, ack.seq)
+    entry = inbox.get(key)
+    if entry is None or entry["message_id"] != ack.message_id:
+        return  # acknowledged before, or dropped from a full inbox
+    del inbox[key]
+    cursor: Cursor | None = inbox_cursors.get(ack.user_id)
+    if cursor is None or ack.seq != cursor["floor"]:
+        return
+    floor = cursor["floor"] + 1
+    while floor < cursor["next"] and inbox_key(ack.user_id, floor) not in inbox:
+        floor += 1
+    inbox_cursors[ack.user_id] = {"next": cursor["next"], "floor": floor}
+
+
+async def _on_bounce(bounce: Bounce) -> None:
+    """The gateway no longer has the user: forget its stale sockets; if none are left, push.
+
+    Other gateways of the user got the message when it was routed, or, if the user
+    connected there since, in that connect's sync: nothing to resend.
+    """
+    connections = without_stale(presence.get(bounce.user_id), bounce.gateway_id, bounce.timestamp)
+    _store_presence(bounce.user_id, connections)
+    entry = inbox.get(inbox_key(bounce.user_id, bounce.seq))
+    if entry is None or entry["message_id"] != bounce.message_id or gateways_for(connections):
+        return
+    await _offline(bounce.user_id, DownstreamMessage.model_construct(**entry))
 
 
 @app.agent(user, name="deliver")
 async def deliver(stream: StreamT[bytes]) -> None:
-    """im-user-topic -> presence table, im-downstream-topic-{gateway_id}, im-task-topic (offline)."""
+    """im-user-topic -> presence and inbox tables; im-downstream-topic-{gateway_id}; offline pushes."""
     async for raw in stream:
         try:
             event = decode_user_event(raw)
@@ -59,6 +151,10 @@ async def deliver(stream: StreamT[bytes]) -> None:
             reject("user", exc.reason, exc.detail)
             continue
         if isinstance(event, PresenceChange):
-            _apply_presence(event)
+            await _on_presence(event)
+        elif isinstance(event, Delivery):
+            await _on_delivery(event)
+        elif isinstance(event, Ack):
+            _on_ack(event)
         else:
-            await _deliver(event)
+            await _on_bounce(event)

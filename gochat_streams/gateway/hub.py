@@ -1,48 +1,73 @@
-"""Which sockets this gateway holds, per user."""
+"""Which sockets this gateway holds, per user, and what each socket is owed."""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 log = logging.getLogger(__name__)
 
+#: Message ids a socket sent that the gateway remembers, to keep echoes and refusals
+#: of a message away from / addressed to the socket that sent it.
+_SENT_REMEMBERED = 1024
+
+
+@dataclass(eq=False)
+class Connection:
+    user_id: str
+    connection_id: str
+    ws: web.WebSocketResponse
+    #: message_id -> inbox seq of what was pushed here and not yet acknowledged.
+    unacked: dict[str, int] = field(default_factory=dict)
+    _sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def remember_sent(self, message_id: str) -> None:
+        self._sent[message_id] = None
+        if len(self._sent) > _SENT_REMEMBERED:
+            self._sent.popitem(last=False)
+
+    def sent(self, message_id: str) -> bool:
+        return message_id in self._sent
+
+    async def send(self, frame: str, message_id: str | None = None, seq: int | None = None) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(frame)
+        except ConnectionError as exc:
+            log.info("socket of %s went away during push: %s", self.user_id, exc)
+            return False
+        if message_id is not None and seq is not None:
+            self.unacked[message_id] = seq
+        return True
+
 
 class Hub:
     def __init__(self) -> None:
-        self._sockets: defaultdict[str, set[web.WebSocketResponse]] = defaultdict(set)
+        self._connections: defaultdict[str, dict[str, Connection]] = defaultdict(dict)
 
-    def add(self, user_id: str, ws: web.WebSocketResponse) -> None:
-        self._sockets[user_id].add(ws)
+    def add(self, conn: Connection) -> None:
+        self._connections[conn.user_id][conn.connection_id] = conn
 
-    def remove(self, user_id: str, ws: web.WebSocketResponse) -> None:
-        sockets = self._sockets.get(user_id)
-        if sockets is not None:
-            sockets.discard(ws)
-            if not sockets:
-                del self._sockets[user_id]
+    def remove(self, conn: Connection) -> None:
+        conns = self._connections.get(conn.user_id)
+        if conns is not None:
+            conns.pop(conn.connection_id, None)
+            if not conns:
+                del self._connections[conn.user_id]
 
-    def sockets(self, user_id: str) -> list[web.WebSocketResponse]:
-        return list(self._sockets.get(user_id, ()))
+    def connections(self, user_id: str) -> list[Connection]:
+        return list(self._connections.get(user_id, {}).values())
 
-    def all_sockets(self) -> list[web.WebSocketResponse]:
-        return [ws for sockets in self._sockets.values() for ws in sockets]
+    def connection(self, user_id: str, connection_id: str) -> Connection | None:
+        return self._connections.get(user_id, {}).get(connection_id)
+
+    def all_connections(self) -> list[Connection]:
+        return [conn for conns in self._connections.values() for conn in conns.values()]
 
     @property
     def connection_count(self) -> int:
-        return sum(len(s) for s in self._sockets.values())
-
-    async def push(self, user_id: str, frame: str) -> int:
-        """Send ``frame`` to every open socket of ``user_id``; how many took it."""
-        sent = 0
-        for ws in self.sockets(user_id):
-            if ws.closed:
-                continue
-            try:
-                await ws.send_str(frame)
-                sent += 1
-            except ConnectionError as exc:
-                log.info("socket of %s went away during push: %s", user_id, exc)
-        return sent
+        return sum(len(c) for c in self._connections.values())

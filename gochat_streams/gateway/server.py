@@ -1,16 +1,19 @@
 """The aiohttp gateway: ``create_app(settings)`` and ``run(settings)``.
 
 A client connects to ``/ws`` with a token (``Authorization: Bearer`` or ``?token=``),
-sends ``{"type": "send", "message": {...}}`` frames and receives ``ack``, ``message``
-and ``error`` frames. The gateway produces to ``im-upstream-topic`` keyed by sender,
-publishes the user's presence to ``im-user-topic``, and pushes what arrives on its own
-``im-downstream-topic-{gateway_id}`` to the recipient's sockets.
+sends ``{"type": "send", "message": {...}}`` and ``{"type": "ack", "message_id": ...}``
+frames and receives ``ack``, ``message`` and ``error`` frames. The gateway produces to
+``im-upstream-topic`` keyed by sender, publishes the user's presence and
+acknowledgements to ``im-user-topic``, and pushes what arrives on its own
+``im-downstream-topic-{gateway_id}`` to the recipient's sockets (headers: topics.py).
+``GET /history`` serves a conversation's recent messages to its members.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import uuid
@@ -19,14 +22,21 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
 
 from .. import topics
-from ..codecs import DecodeError, decode_client_frame, decode_downstream, encode
+from ..codecs import DecodeError, decode, decode_client_frame, decode_downstream, encode
+from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
 from ..metrics import reject
-from ..models import ErrorCode, PresenceChange, UpstreamMessage, now_ms
+from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, Refusal, SendFrame, UpstreamMessage, now_ms
+from ..models.common import Id
+from ..routing import addressing_error
 from ..settings import Settings
-from .hub import Hub
+from ..store import MessageStore, open_store
+from .hub import Connection, Hub
 from .tokens import InvalidToken, verify_token
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,11 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 #: Set once the downstream consumer has its partitions and positions: before that,
 #: with ``auto.offset.reset=latest``, a message for a new socket could be skipped.
 READY = web.AppKey("ready", asyncio.Event)
+STORE = web.AppKey("store", MessageStore)
+RECENT = web.AppKey("recent", RecentMessages)
+
+_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
+_REFUSAL_ADAPTER: TypeAdapter[Refusal] = TypeAdapter(Refusal)
 
 _ERROR_CODES: dict[str, ErrorCode] = {
     "malformed_json": "malformed_json",
@@ -50,12 +65,26 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[HUB] = Hub()
     app[READY] = asyncio.Event()
+    app.cleanup_ctx.append(_history_clients)
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/history", history)
     app.router.add_get("/healthz", health)
     app.router.add_get("/", demo_page)
     return app
+
+
+async def _history_clients(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    store = await open_store(s.message_store_url)
+    redis = Redis.from_url(s.redis_url)
+    app[STORE] = store
+    app[RECENT] = RecentMessages(redis, store, namespace=s.namespace, size=s.history_max_limit,
+                                 ttl_s=s.history_cache_ttl_s)
+    yield
+    await redis.aclose()
+    await store.close()
 
 
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
@@ -86,7 +115,7 @@ async def _consume_downstream(app: web.Application) -> None:
         **client_kwargs(s),
     )
     await consumer.start()
-    hub, ready = app[HUB], app[READY]
+    ready = app[READY]
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=200)
@@ -97,27 +126,75 @@ async def _consume_downstream(app: web.Application) -> None:
                 log.info("gateway %s ready: consuming %s", s.gateway_id, sorted(consumer.assignment()))
             for records in batches.values():
                 for record in records:
-                    await _push(hub, record.value)
+                    await _on_downstream(app, record)
     finally:
         await consumer.stop()
 
 
-async def _push(hub: Hub, raw: bytes) -> None:
+async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
+    """Push one downstream record to the sockets its key and headers name."""
+    headers = dict(record.headers)
+    if not record.key or not record.value:
+        reject("downstream", "missing_field", f"offset {record.offset}: record without key or value")
+        return
+    user_id = record.key.decode()
+    if headers.get(topics.DOWNSTREAM_KIND) == b"error":
+        await _push_refusal(app[HUB], user_id, record.value)
+        return
     try:
-        message = decode_downstream(raw)
+        message = decode_downstream(record.value)
+        seq = int(headers[topics.DOWNSTREAM_SEQ]) if topics.DOWNSTREAM_SEQ in headers else None
+    except (DecodeError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, DecodeError) else "invalid_schema"
+        reject("downstream", reason, f"offset {record.offset}: {exc}")
+        return
+    # The record is already the downstream JSON: wrap it rather than re-serialise it.
+    frame = '{"type":"message","message":' + record.value.decode() + "}"
+    hub = app[HUB]
+    target = headers.get(topics.DOWNSTREAM_CONNECTION)
+    if target is not None:
+        # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
+        if (conn := hub.connection(user_id, target.decode())) is not None:
+            await conn.send(frame, message.message_id, seq)
+        return
+    checked_at = now_ms()
+    connections = hub.connections(user_id)
+    if seq is None:
+        # An echo of the user's own message: for their other sockets, not the sender's.
+        for conn in connections:
+            if not conn.sent(message.message_id):
+                await conn.send(frame)
+        return
+    pushed = [await conn.send(frame, message.message_id, seq) for conn in connections]
+    if not any(pushed):
+        await _bounce(app, user_id, message.message_id, seq, checked_at)
+
+
+async def _bounce(app: web.Application, user_id: str, message_id: str, seq: int, checked_at: int) -> None:
+    """The logic service routed a message here for a user this gateway does not hold."""
+    s = app[SETTINGS]
+    bounce = Bounce(user_id=user_id, gateway_id=s.gateway_id, message_id=message_id, seq=seq, timestamp=checked_at)
+    log.info("no socket of %s here for %s: bounced", user_id, message_id)
+    await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(bounce))
+
+
+async def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
+    try:
+        refusal = decode(_REFUSAL_ADAPTER, raw)
     except DecodeError as exc:
         reject("downstream", exc.reason, exc.detail)
         return
-    if message.to_user_id is None:
-        reject("downstream", "missing_field", f"{message.message_id}: no to_user_id")
-        return
-    # The record is already the downstream JSON: wrap it rather than re-serialise it.
-    await hub.push(message.to_user_id, '{"type":"message","message":' + raw.decode() + "}")
+    frame = json.dumps({"type": "error", "code": refusal.code, "detail": refusal.detail,
+                        "message_id": refusal.message_id})
+    connections = hub.connections(user_id)
+    senders = [conn for conn in connections if conn.sent(refusal.message_id)]
+    for conn in senders or connections:
+        await conn.send(frame)
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for ws in app[HUB].all_sockets():
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+    for conn in app[HUB].all_connections():
+        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
 def _token(request: web.Request) -> str | None:
@@ -135,35 +212,42 @@ async def _publish_presence(app: web.Application, user_id: str, connection_id: s
     await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(change))
 
 
+def _authenticate(request: web.Request) -> str:
+    """The token's user, or 401."""
+    token = _token(request)
+    if not token:
+        raise web.HTTPUnauthorized(text="missing token")
+    try:
+        return verify_token(token, request.app[SETTINGS].auth_secret.get_secret_value())
+    except InvalidToken as exc:
+        raise web.HTTPUnauthorized(text=str(exc)) from None
+
+
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     s = app[SETTINGS]
     if not app[READY].is_set():
         raise web.HTTPServiceUnavailable(text="gateway is starting")
-    token = _token(request)
-    if not token:
-        raise web.HTTPUnauthorized(text="missing token")
-    try:
-        user_id = verify_token(token, s.auth_secret.get_secret_value())
-    except InvalidToken as exc:
-        raise web.HTTPUnauthorized(text=str(exc)) from None
+    user_id = _authenticate(request)
 
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * s.max_frame_bytes)
     await ws.prepare(request)
-    connection_id = uuid.uuid4().hex
+    conn = Connection(user_id, uuid.uuid4().hex, ws)
     hub = app[HUB]
-    hub.add(user_id, ws)
+    # Registered before the presence change is published: the reconnect sync that
+    # the change triggers finds the socket.
+    hub.add(conn)
     try:
-        await _publish_presence(app, user_id, connection_id, online=True)
+        await _publish_presence(app, user_id, conn.connection_id, online=True)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                await _on_frame(app, ws, user_id, msg.data)
+                await _on_frame(app, conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await _error(ws, "invalid_frame", "frames are JSON text")
     finally:
-        hub.remove(user_id, ws)
+        hub.remove(conn)
         with contextlib.suppress(KafkaError, asyncio.CancelledError):
-            await asyncio.shield(_publish_presence(app, user_id, connection_id, online=False))
+            await asyncio.shield(_publish_presence(app, user_id, conn.connection_id, online=False))
     return ws
 
 
@@ -172,14 +256,37 @@ async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, messag
     await ws.send_json({"type": "error", "code": code, "detail": detail, "message_id": message_id})
 
 
-async def _on_frame(app: web.Application, ws: web.WebSocketResponse, user_id: str, data: str) -> None:
+async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
     s = app[SETTINGS]
     try:
         frame = decode_client_frame(data, max_bytes=s.max_frame_bytes)
     except DecodeError as exc:
-        await _error(ws, _ERROR_CODES.get(exc.reason, "invalid_frame"), exc.detail)
+        await _error(conn.ws, _ERROR_CODES.get(exc.reason, "invalid_frame"), exc.detail)
         return
-    message = frame.message
+    if isinstance(frame, AckFrame):
+        await _on_ack(app, conn, frame)
+    else:
+        await _on_send(app, conn, frame)
+
+
+async def _on_ack(app: web.Application, conn: Connection, frame: AckFrame) -> None:
+    """Forward the acknowledgement to the user's inbox; acking twice, or an echo, is a no-op."""
+    seq = conn.unacked.pop(frame.message_id, None)
+    if seq is None:
+        return
+    s = app[SETTINGS]
+    ack = Ack(user_id=conn.user_id, message_id=frame.message_id, seq=seq)
+    try:
+        await app[PRODUCER].send_and_wait(topics.user(s).name, key=conn.user_id.encode(), value=encode(ack))
+    except KafkaError as exc:
+        # Not acknowledged: the message comes again on the next connect.
+        conn.unacked[frame.message_id] = seq
+        await _error(conn.ws, "broker_unavailable", f"ack not recorded: {exc}", frame.message_id)
+
+
+async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> None:
+    s = app[SETTINGS]
+    ws, user_id, message = conn.ws, conn.user_id, frame.message
     if message.from_user_id is not None and message.from_user_id != user_id:
         await _error(ws, "sender_mismatch", "from_user_id is not the authenticated user", message.message_id)
         return
@@ -198,12 +305,36 @@ async def _on_frame(app: web.Application, ws: web.WebSocketResponse, user_id: st
         gateway_id=s.gateway_id,
         timestamp=message.timestamp if message.timestamp is not None else now_ms(),
     )
+    if (error := addressing_error(upstream)) is not None:
+        await _error(ws, "invalid_frame", error, message.message_id)
+        return
+    conn.remember_sent(message.message_id)
     try:
         await app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
     except KafkaError as exc:
         await _error(ws, "broker_unavailable", f"message not accepted: {exc}", message.message_id)
         return
     await ws.send_json({"type": "ack", "message_id": message.message_id})
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /history?conversation_id=...&limit=N``: the newest messages, oldest first, for members."""
+    user_id = _authenticate(request)
+    s = request.app[SETTINGS]
+    try:
+        conversation_id = _ID_ADAPTER.validate_python(request.query.get("conversation_id"))
+        limit = int(request.query.get("limit", s.history_default_limit))
+    except (ValidationError, ValueError):
+        raise web.HTTPBadRequest(text="conversation_id (an id) and an integer limit are expected") from None
+    if not 1 <= limit <= s.history_max_limit:
+        raise web.HTTPBadRequest(text=f"limit must be between 1 and {s.history_max_limit}")
+    if not await request.app[STORE].is_member(conversation_id, user_id):
+        raise web.HTTPForbidden(text=f"{user_id} is not a member of {conversation_id}")
+    messages = await request.app[RECENT].get(conversation_id, limit)
+    return web.json_response(
+        {"conversation_id": conversation_id, "messages": [m.model_dump(mode="json") for m in messages]},
+        dumps=lambda obj: json.dumps(obj, ensure_ascii=False),
+    )
 
 
 async def health(request: web.Request) -> web.Response:

@@ -1,7 +1,7 @@
 """Pydantic models of the spec's envelopes. Agents only ever see these, validated."""
 
 from .common import PROTOCOL_VERSION, now_ms
-from .frames import CLIENT_FRAME_ADAPTER, AckFrame, ClientFrame, ClientMessage, ErrorCode, SendFrame
+from .frames import CLIENT_FRAME_ADAPTER, AckFrame, ClientFrame, ClientMessage, ErrorCode, Refusal, RefusalCode, SendFrame
 from .messages import (
     METADATA_MODELS,
     USER_MESSAGE_TYPES,
@@ -22,13 +22,13 @@ from .tasks import (
     Task,
     TaskType,
 )
-from .user_events import USER_EVENT_ADAPTER, Delivery, PresenceChange, UserEvent
+from .user_events import USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
 
 __all__ = [
-    "AckFrame", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "Delivery",
+    "Ack", "AckFrame", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "Delivery",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
     "METADATA_MODELS", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
-    "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange",
+    "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange", "Refusal", "RefusalCode",
     "SendFrame", "TASK_ADAPTER", "Task", "TaskType", "USER_EVENT_ADAPTER", "USER_MESSAGE_TYPES",
     "UpstreamMessage", "UserEvent", "now_ms",
 ]

@@ -44,4 +44,25 @@ ErrorCode = Literal[
     "content_too_large",
     "sender_mismatch",
     "broker_unavailable",
+    # Refused by the logic service (groups.py), after the gateway accepted the frame:
+    "unknown_group",
+    "not_a_member",
+    "forbidden",
+    "conflict",
+    "invalid_request",
 ]
+
+RefusalCode = Literal["unknown_group", "not_a_member", "forbidden", "conflict", "invalid_request"]
+
+
+class Refusal(Model):
+    """The logic service refused a message: becomes an error frame on the sender's gateway.
+
+    Travels on the sender's ``im-downstream-topic-{gateway_id}``, marked by a header
+    (topics.DOWNSTREAM_KIND), keyed by the sender.
+    """
+
+    user_id: Id
+    message_id: Id
+    code: RefusalCode
+    detail: str

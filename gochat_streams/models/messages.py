@@ -45,6 +45,8 @@ class ConversationMetadata(_Metadata):
     action: Literal["create"]
     conversation_id: Id
     creator_id: Id
+    #: The participants besides the creator.
+    member_ids: list[Id] | None = None
 
 
 GroupAction = Literal["create", "invite", "join", "leave", "kick", "dismiss"]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, TypeAdapter
 
 from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, Version
-from .messages import MessageType
+from .messages import DownstreamMessage, MessageType
 
 TaskType = Literal["persist_message", "offline_push", "group_fanout"]
 
@@ -34,10 +34,20 @@ class OfflinePushPayload(Model):
 
 
 class GroupFanoutPayload(Model):
+    """One batch of a large group's fan-out.
+
+    The spec's example names the group and message only; the task service has no view
+    of group membership or of the message, so each task also carries its batch of
+    ``member_ids`` (at most ``batch_size``) and the ``message``. A task without them
+    cannot be expanded and is refused.
+    """
+
     group_id: Id
     message_id: Id
     exclude_user_ids: list[Id] = Field(default_factory=list)
     batch_size: int = Field(100, ge=1, le=10_000)
+    member_ids: list[Id] | None = None
+    message: DownstreamMessage | None = None
 
 
 class _Task(Model):

@@ -1,5 +1,7 @@
 """Every changelog-backed table of the logic service."""
 
+from .groups import groups
+from .inbox import inbox, inbox_cursors
 from .presence import presence
 
-__all__ = ["presence"]
+__all__ = ["groups", "inbox", "inbox_cursors", "presence"]

@@ -35,3 +35,12 @@ def without_connection(current: Connections | None, gateway_id: str, connection_
         if not conns:
             del gateways[gateway_id]
     return gateways
+
+
+def without_stale(current: Connections | None, gateway_id: str, before_ms: int) -> Connections:
+    """Drop the user's connections on ``gateway_id`` that opened before ``before_ms``."""
+    gateways = {gw: dict(conns) for gw, conns in (current or {}).items()}
+    conns = {cid: at for cid, at in gateways.pop(gateway_id, {}).items() if at >= before_ms}
+    if conns:
+        gateways[gateway_id] = conns
+    return gateways

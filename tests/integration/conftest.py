@@ -8,7 +8,9 @@ Every test gets its own namespace, so topics and consumer groups are fresh.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ class Cluster:
     root: Path
     stack: Stack
     workers: dict[str, Any] = field(default_factory=dict)
-    gateways: dict[str, int] = field(default_factory=dict)
+    gateways: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
@@ -67,15 +69,34 @@ class Cluster:
         self.workers[name] = self.stack.start_worker(name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, free_port())
         self.wait_for_log(name, "[^Worker]: Ready")
 
+    def start_task_worker(self, name: str = "tasks") -> None:
+        data_dir = self.root / name
+        data_dir.mkdir(exist_ok=True)
+        self.workers[name] = self.stack.start_worker(
+            name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, free_port(), app="gochat_streams.app:task_app"
+        )
+        self.wait_for_log(name, "[^Worker]: Ready")
+
+    def pushes(self) -> list[dict[str, Any]]:
+        """The offline pushes the task service wrote to its outbox."""
+        outbox = Path(self.env["GOCHAT_PUSH_OUTBOX"])
+        return [json.loads(line) for line in outbox.read_text().splitlines()] if outbox.exists() else []
+
     def stop_worker(self, name: str) -> None:
         self.stack.stop_one(self.workers.pop(name))
 
     def start_gateway(self, gateway_id: str) -> str:
         port = free_port()
-        self.stack.start_gateway(f"gateway-{gateway_id}", {**self.env, "GOCHAT_GATEWAY_ID": gateway_id}, port,
-                                 timeout=WAIT_S)
-        self.gateways[gateway_id] = port
+        self.gateways[gateway_id] = self.stack.start_gateway(
+            f"gateway-{gateway_id}", {**self.env, "GOCHAT_GATEWAY_ID": gateway_id}, port, timeout=WAIT_S
+        )
         return f"http://127.0.0.1:{port}"
+
+    def kill_gateway(self, gateway_id: str) -> None:
+        """SIGKILL: the gateway cannot say its users went offline."""
+        proc = self.gateways.pop(gateway_id)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def wait_for_log(self, name: str, text: str, *, occurrences: int = 1) -> None:
         import time
@@ -126,6 +147,9 @@ def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
         "GOCHAT_NAMESPACE": f"t{uuid.uuid4().hex[:10]}.",
         "GOCHAT_AUTH_SECRET": SECRET,
         "GOCHAT_TABLE_STORE": "rocksdb://",
+        # Shared by the task worker (writes) and the gateways (history).
+        "GOCHAT_STORE_URL": f"sqlite:///{tmp_path / 'messages.sqlite3'}",
+        "GOCHAT_PUSH_OUTBOX": str(tmp_path / "push-outbox.jsonl"),
     }
     stack = Stack(tmp_path / "logs")
     c = Cluster(env, tmp_path, stack)
@@ -150,6 +174,33 @@ class Client:
                    "content": content, "message_type": "text", "metadata": {}, **extra}
         await self.ws.send_json({"type": "send", "message": message})
 
+    async def send_to_group(self, message_id: str, group_id: str, content: str = "hello") -> None:
+        await self.send(message_id, None, content, conversation_id=group_id)
+
+    async def group_action(self, message_id: str, group_id: str, action: str, **metadata: Any) -> None:
+        await self.send(message_id, None, "", conversation_id=group_id, message_type="system_group",
+                        metadata={"action": action, "group_id": group_id, **metadata})
+
+    async def ack(self, message_id: str) -> None:
+        await self.ws.send_json({"type": "ack", "message_id": message_id})
+
+    async def messages(self, count: int, timeout: float = WAIT_S, ack: bool = False) -> list[dict[str, Any]]:
+        """The next ``count`` message frames' messages (any other frame fails the test)."""
+        out = []
+        for _ in range(count):
+            frame = await self.next_frame(timeout)
+            assert frame["type"] == "message", frame
+            out.append(frame["message"])
+            if ack:
+                await self.ack(frame["message"]["message_id"])
+        return out
+
+    async def nothing_more(self, wait_s: float = 2.0) -> None:
+        """Fails if a frame arrives within ``wait_s``."""
+        with pytest.raises(asyncio.TimeoutError):
+            frame = await self.ws.receive_json(timeout=wait_s)
+            pytest.fail(f"{self.user_id} got an unexpected frame: {frame}")
+
     async def next_frame(self, timeout: float = WAIT_S) -> dict[str, Any]:
         return await self.ws.receive_json(timeout=timeout)
 
@@ -159,7 +210,8 @@ class Client:
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Any]:
-    session = aiohttp.ClientSession()
+    # No connection limit: every WebSocket holds one (the default pool of 100 would block the 101st).
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     sockets: list[aiohttp.ClientWebSocketResponse] = []
 
     async def _connect(base_url: str, user_id: str) -> Client:

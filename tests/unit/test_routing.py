@@ -1,29 +1,28 @@
 import json
 from pathlib import Path
 
-import pytest
-
-from gochat_streams.models import Delivery, OfflinePushTask, PersistMessageTask, UpstreamMessage
-from gochat_streams.routing import Unroutable, deliveries, gateways_for, offline_tasks, push_preview
-from gochat_streams.tables.presence import with_connection, without_connection
+from gochat_streams.models import UpstreamMessage
+from gochat_streams.routing import (
+    addressing_error,
+    fanout_tasks,
+    gateways_for,
+    offline_push_task,
+    persist_task,
+    push_preview,
+)
+from gochat_streams.tables.presence import with_connection, without_connection, without_stale
 
 EXAMPLE = json.loads((Path(__file__).parent / "spec_examples.json").read_text())["upstream"]
 
 
-def test_single_chat_is_one_delivery_keyed_by_recipient() -> None:
-    message = UpstreamMessage.model_validate(EXAMPLE)
-    [(key, delivery)] = deliveries(message)
-    assert key == "user_456"
-    assert isinstance(delivery, Delivery)
-    assert delivery.message.message_id == "msg_123"
-    assert delivery.message.from_user_id == "user_123"
-    assert "gateway_id" not in delivery.message.model_dump()
-
-
-def test_message_without_recipient_is_unroutable() -> None:
-    message = UpstreamMessage.model_validate({**EXAMPLE, "to_user_id": None})
-    with pytest.raises(Unroutable):
-        deliveries(message)
+def test_addressing_of_chat_and_system_messages() -> None:
+    assert addressing_error(UpstreamMessage.model_validate(EXAMPLE)) is None
+    group_chat = {**EXAMPLE, "to_user_id": None, "conversation_id": "g1"}
+    assert addressing_error(UpstreamMessage.model_validate(group_chat)) is None
+    invite = {**group_chat, "message_type": "system_group", "metadata": {"action": "join", "group_id": "g1"}}
+    assert addressing_error(UpstreamMessage.model_validate(invite)) is None
+    assert "to_user_id" in addressing_error(UpstreamMessage.model_validate({**invite, "to_user_id": "u"}))
+    assert "metadata.group_id" in addressing_error(UpstreamMessage.model_validate({**invite, "conversation_id": "g2"}))
 
 
 def test_gateways_for_skips_gateways_without_sockets() -> None:
@@ -43,14 +42,32 @@ def test_presence_tracks_each_connection_until_the_last_closes() -> None:
     assert state == {}
 
 
-def test_offline_path_persists_then_pushes() -> None:
+def test_persist_once_per_message_and_push_per_recipient() -> None:
     message = UpstreamMessage.model_validate(EXAMPLE).to_downstream()
-    persist, push = offline_tasks(message, "user_456")
-    assert isinstance(persist, PersistMessageTask) and isinstance(push, OfflinePushTask)
+    persist, push = persist_task(message), offline_push_task(message, "user_456")
+    assert persist.task_type == "persist_message" and push.task_type == "offline_push"
+    assert persist.task_id == "persist:msg_123"
+    assert persist.payload.timestamp == message.timestamp
     assert persist.payload.message_id == push.payload.message_id == "msg_123"
-    assert persist.payload.to_user_id == push.payload.user_id == "user_456"
+    assert push.payload.user_id == "user_456"
     assert push.payload.title == "新消息"
     assert push.payload.content == "user_123: Hello World"
+
+
+def test_fanout_batches_exclude_the_sender() -> None:
+    message = UpstreamMessage.model_validate({**EXAMPLE, "to_user_id": None, "conversation_id": "g"}).to_downstream()
+    members = ["user_123", *(f"m{i}" for i in range(250))]
+    tasks = fanout_tasks(message, "g", members, "user_123", 100)
+    assert [len(t.payload.member_ids or []) for t in tasks] == [100, 100, 50]
+    assert [m for t in tasks for m in t.payload.member_ids or []] == members[1:]
+    assert {t.task_id for t in tasks} == {"fanout:msg_123:0", "fanout:msg_123:1", "fanout:msg_123:2"}
+    assert all(t.payload.exclude_user_ids == ["user_123"] and t.payload.message == message for t in tasks)
+
+
+def test_a_bounce_forgets_only_connections_older_than_it() -> None:
+    state = {"gw1": {"old": 10, "new": 30}, "gw2": {"c": 5}}
+    assert without_stale(state, "gw1", 20) == {"gw1": {"new": 30}, "gw2": {"c": 5}}
+    assert without_stale(state, "gw1", 31) == {"gw2": {"c": 5}}
 
 
 def test_push_preview_names_non_text_and_truncates() -> None:

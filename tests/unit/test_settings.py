@@ -12,7 +12,8 @@ def test_defaults_are_the_spec_table(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     s = Settings()
     assert [(t.name, t.partitions, t.replicas, t.retention_ms // 86_400_000) for t in topics.core(s)] == [
-        ("im-upstream-topic", 10, 3, 7), ("im-user-topic", 10, 3, 1), ("im-task-topic", 5, 3, 3),
+        ("im-upstream-topic", 10, 3, 7), ("im-group-topic", 10, 3, 1), ("im-user-topic", 10, 3, 1),
+        ("im-task-topic", 5, 3, 3),
     ]
     down = topics.downstream(s, "gateway_001")
     assert (down.name, down.partitions, down.replicas, down.retention_ms // 86_400_000) == (
@@ -35,12 +36,15 @@ def test_env_overrides_defaults_and_reaches_faust(monkeypatch: pytest.MonkeyPatc
     s = Settings()
     assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
     assert topics.upstream(s).partitions == 4
-    app = create_app(s)
+    app = create_app(s, topics.logic_group(s), [])
     assert [str(u) for u in app.conf.broker] == ["kafka://k1:9092", "kafka://k2:9092"]
     assert app.conf.id == "im-logic-group"
     assert app.conf.broker_session_timeout == 6
     assert app.conf.broker_max_poll_records == 100
     assert app.conf.consumer_auto_offset_reset == "earliest"
+    task_app = create_app(s, topics.task_group(s), [])
+    assert task_app.conf.id == "im-task-group"
+    assert task_app.conf.broker_max_poll_records == 200
 
 
 def test_explicit_arguments_win_over_env(monkeypatch: pytest.MonkeyPatch) -> None:

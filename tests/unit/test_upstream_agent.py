@@ -1,4 +1,4 @@
-"""route_upstream through Faust's test_context: what it sends for good and bad records."""
+"""route_upstream through Faust's test_context: where it sends good records, and bad ones."""
 
 import json
 from pathlib import Path
@@ -8,22 +8,25 @@ import pytest
 
 from gochat_streams import channels
 from gochat_streams.agents.upstream import route_upstream
-from gochat_streams.codecs import decode_user_event
+from gochat_streams.codecs import decode_task, decode_user_event
 from gochat_streams.metrics import records_rejected
-from gochat_streams.models import Delivery
+from gochat_streams.models import Delivery, PersistMessageTask
 
 EXAMPLE = json.loads((Path(__file__).parent / "spec_examples.json").read_text())["upstream"]
+GROUP_MESSAGE = {**EXAMPLE, "to_user_id": None, "conversation_id": "group_9"}
+INVITE = {**EXAMPLE, "to_user_id": None, "conversation_id": "group_9", "message_type": "system_group",
+          "content": "", "metadata": {"action": "invite", "group_id": "group_9", "invitee_id": "user_7"}}
 
 
 @pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
-    """What the agent hands to im-user-topic (the producer is not started in a test_context)."""
-    out: list[tuple[str, bytes]] = []
+def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, bytes]]]:
+    """What the agent hands to each topic (the producer is not started in a test_context)."""
+    out: dict[str, list[tuple[str, bytes]]] = {"user": [], "group": [], "task": []}
+    for name, records in out.items():
+        async def capture(*, key: str, value: bytes, _records: list = records, **_: Any) -> None:
+            _records.append((key, value))
 
-    async def capture(*, key: str, value: bytes, **_: Any) -> None:
-        out.append((key, value))
-
-    monkeypatch.setattr(channels.user, "send", capture)
+        monkeypatch.setattr(getattr(channels, name), "send", capture)
     return out
 
 
@@ -31,23 +34,40 @@ def _rejected(reason: str) -> float:
     return records_rejected.labels("upstream", reason)._value.get()
 
 
-async def test_single_chat_is_rekeyed_by_recipient(sent: list[tuple[str, bytes]]) -> None:
+async def test_single_chat_is_rekeyed_by_recipient_and_persisted(sent: dict[str, list]) -> None:
     async with route_upstream.test_context() as agent:
         await agent.put(json.dumps(EXAMPLE).encode())
-    [(key, value)] = sent
+    [(key, value)] = sent["user"]
     assert key == "user_456"
     delivery = decode_user_event(value)
-    assert isinstance(delivery, Delivery)
+    assert isinstance(delivery, Delivery) and delivery.user_id == "user_456" and not delivery.echo
     assert delivery.message.model_dump() == {k: v for k, v in EXAMPLE.items() if k != "gateway_id"}
+    [(task_key, task_value)] = sent["task"]
+    task = decode_task(task_value)
+    assert task_key == "persist_message" and isinstance(task, PersistMessageTask)
+    assert (task.payload.message_id, task.payload.to_user_id, task.payload.timestamp) == (
+        "msg_123", "user_456", EXAMPLE["timestamp"])
+    assert sent["group"] == []
 
 
-async def test_bad_records_are_counted_and_do_not_stop_the_stream(sent: list[tuple[str, bytes]]) -> None:
+async def test_group_and_system_messages_go_to_the_group_topic_keyed_by_group(sent: dict[str, list]) -> None:
+    async with route_upstream.test_context() as agent:
+        await agent.put(json.dumps(GROUP_MESSAGE).encode())
+        await agent.put(json.dumps(INVITE).encode())
+    assert [key for key, _ in sent["group"]] == ["group_9", "group_9"]
+    assert [json.loads(v)["message_type"] for _, v in sent["group"]] == ["text", "system_group"]
+    assert sent["user"] == [] and sent["task"] == []
+
+
+async def test_bad_records_are_counted_and_do_not_stop_the_stream(sent: dict[str, list]) -> None:
     before = _rejected("malformed_json"), _rejected("unknown_type"), _rejected("unroutable")
     async with route_upstream.test_context() as agent:
         await agent.put(b"{oops")
         await agent.put(json.dumps({**EXAMPLE, "message_type": "video"}).encode())
-        await agent.put(json.dumps({**EXAMPLE, "to_user_id": None}).encode())
+        await agent.put(json.dumps({**INVITE, "to_user_id": "user_456"}).encode())
+        await agent.put(json.dumps({**INVITE, "conversation_id": "other_group"}).encode())
         await agent.put(json.dumps({**EXAMPLE, "message_id": "after_bad"}).encode())
-    assert [json.loads(v)["message"]["message_id"] for _, v in sent] == ["after_bad"]
+    assert [json.loads(v)["message"]["message_id"] for _, v in sent["user"]] == ["after_bad"]
+    assert sent["group"] == []
     after = _rejected("malformed_json"), _rejected("unknown_type"), _rejected("unroutable")
-    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 2]

@@ -1,0 +1,44 @@
+"""PostgreSQL backend: an asyncpg pool; metadata as JSONB."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from .base import Fetch, MessageStore, schema
+
+#: Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide in
+#: PostgreSQL's catalog when a worker and a gateway start together.
+_SCHEMA_LOCK_KEY = 0x6763_6873  # "gchs"
+
+
+class PostgresStore(MessageStore):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str) -> PostgresStore:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as con, con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+                for statement in schema("JSONB"):
+                    await con.execute(statement)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Fetch]:
+        async with self._pool.acquire() as con, con.transaction():
+            yield con.fetch
+
+    async def _fetch(self, sql: str, *args: Any) -> Sequence[Any]:
+        return await self._pool.fetch(sql, *args)
+
+    async def close(self) -> None:
+        await self._pool.close()

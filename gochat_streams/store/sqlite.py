@@ -1,0 +1,72 @@
+"""SQLite backend: one file shared by the task worker (writes) and the gateways (reads)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .base import Fetch, MessageStore, schema
+
+#: How long a writer waits for another process's lock before failing.
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _sqlite_sql(sql: str) -> str:
+    # ``$1`` is a *named* parameter to SQLite; ``?1`` is the numbered one.
+    return re.sub(r"\$(\d+)", r"?\1", sql)
+
+
+class SqliteStore(MessageStore):
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        # One connection: its statements must not interleave with another coroutine's transaction.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; ours are explicit BEGIN IMMEDIATE.
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # WAL: gateways keep reading history while the task worker writes.
+            await db.execute("PRAGMA journal_mode = WAL")
+            store = cls(db)
+            async with store._transaction() as fetch:
+                for statement in schema("TEXT"):
+                    await fetch(statement)
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def _run(self, sql: str, *args: Any) -> Sequence[Any]:
+        return await self._db.execute_fetchall(_sqlite_sql(sql), args)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Fetch]:
+        async with self._lock:
+            # IMMEDIATE takes the write lock up front, so busy_timeout applies here rather
+            # than failing a deferred transaction's later upgrade with SQLITE_BUSY.
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._run
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _fetch(self, sql: str, *args: Any) -> Sequence[Any]:
+        async with self._lock:
+            return await self._run(sql, *args)
+
+    async def close(self) -> None:
+        await self._db.close()

@@ -1,0 +1,18 @@
+"""Groups and conversations: group_id -> ``{"kind", "owner", "members"}`` (groups.py).
+
+Event-sourced from the ``system_group`` / ``system_conversation`` messages on
+``im-group-topic``; written and read only by agents/groups.py.
+"""
+
+from __future__ import annotations
+
+from ..app import app, settings
+from ..topics import group
+
+groups = app.Table(
+    "groups",
+    default=None,
+    key_type=str,
+    partitions=group(settings).partitions,
+    help="group_id -> {kind, owner, members} of every group and conversation",
+)
