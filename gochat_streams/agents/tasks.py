@@ -7,6 +7,7 @@ messages, and the offsets are committed only after the batch is handled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -65,22 +66,27 @@ class TaskHandlers:
 
     async def handle(self, batch: Sequence[bytes]) -> None:
         persists: list[PersistMessageTask] = []
-        others: list[OfflinePushTask | GroupFanoutTask] = []
+        pushes: list[OfflinePushTask] = []
+        fanouts: list[GroupFanoutTask] = []
         for raw in batch:
             try:
                 task = decode_task(raw)
             except DecodeError as exc:
                 reject("task", exc.reason, exc.detail)
                 continue
-            (persists if isinstance(task, PersistMessageTask) else others).append(task)
+            if isinstance(task, PersistMessageTask):
+                persists.append(task)
+            elif isinstance(task, OfflinePushTask):
+                pushes.append(task)
+            else:
+                fanouts.append(task)
         # History first: a push makes its user open the app and read it.
         if persists:
             await self.persist(persists)
-        for task in others:
-            if isinstance(task, OfflinePushTask):
-                await self.push(task)
-            else:
-                await self.fan_out(task)
+        # Concurrently: one slow push endpoint must not cost a batch its sum of timeouts.
+        await asyncio.gather(*(self.push(task) for task in pushes))
+        for fanout in fanouts:
+            await self.fan_out(fanout)
 
 
 @contextlib.asynccontextmanager

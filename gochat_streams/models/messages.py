@@ -70,6 +70,16 @@ METADATA_MODELS: dict[str, type[_Metadata]] = {
 }
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class MessageBody(Model):
     """What makes a message one of the six types: the spec's "消息类型定义" fragments.
 
@@ -84,6 +94,10 @@ class MessageBody(Model):
     @model_validator(mode="after")
     def _metadata_fits_type(self) -> MessageBody:
         METADATA_MODELS[self.message_type].model_validate(self.metadata)
+        # PostgreSQL text and JSONB cannot hold NUL: refuse it at the door rather than
+        # fail a whole persist batch later.
+        if _has_nul(self.content) or _has_nul(self.metadata):
+            raise ValueError("content and metadata must not contain NUL characters")
         return self
 
     def typed_metadata(self) -> _Metadata:

@@ -44,7 +44,7 @@ async def _routes(cluster: Cluster, probe: str) -> dict[str, list[str]]:
     """Deliver one message to every user; where each went: gateway ids, or task types if offline."""
     s = cluster.settings
     deliveries = [
-        (f"u{i}", encode(Delivery(message=DownstreamMessage(
+        (f"u{i}", encode(Delivery(user_id=f"u{i}", message=DownstreamMessage(
             message_id=f"{probe}-u{i}", from_user_id="sender", to_user_id=f"u{i}", conversation_id="c",
             content="probe", message_type="text", timestamp=1))))
         for i in range(USERS)
@@ -56,7 +56,7 @@ async def _routes(cluster: Cluster, probe: str) -> dict[str, list[str]]:
     def complete(records: list[Any]) -> bool:
         seen = {r.key.decode() if r.topic in downstream else None for r in records if ours(r)}
         tasks = sum(1 for r in records if ours(r) and r.topic == topics.task(s).name)
-        return len(seen - {None}) + tasks // 2 >= USERS
+        return len(seen - {None}) + tasks >= USERS
 
     records = await consume_all(s, [*downstream, topics.task(s).name], complete)
     routes: dict[str, list[str]] = {f"u{i}": [] for i in range(USERS)}
@@ -71,7 +71,7 @@ async def _routes(cluster: Cluster, probe: str) -> dict[str, list[str]]:
 
 
 def _expected(final: dict[str, str | None]) -> dict[str, list[str]]:
-    return {user: [gw] if gw else ["offline_push", "persist_message"] for user, gw in final.items()}
+    return {user: [gw] if gw else ["offline_push"] for user, gw in final.items()}
 
 
 async def test_presence_table_is_exact_after_restarts(cluster: Cluster) -> None:

@@ -84,6 +84,8 @@ def _upstream(**changes: object) -> bytes:
         (_upstream(message_type="location", metadata={"latitude": 91, "longitude": 0}), "invalid_schema", "latitude"),
         (_upstream(message_type="file", metadata={}), "missing_field", "filename"),
         (_upstream(content="x" * (LIMIT + 1)), "oversize", "content"),
+        (_upstream(content="a\x00b"), "invalid_schema", "NUL"),
+        (_upstream(metadata={"note": ["ok", "a\x00b"]}), "invalid_schema", "NUL"),
         (b" " * (1024 * 1024 + 1), "oversize", "record"),
     ],
 )
