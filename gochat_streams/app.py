@@ -9,10 +9,17 @@ Faust uses an app's id as its consumer group, so the ids are the spec's
 from __future__ import annotations
 
 import faust
+from faust.types import TransportT
 
 from . import topics
+from .compat import aiokafka as compat_aiokafka
+from .compat import tansu as compat_tansu
 from .kafka import faust_credentials
 from .settings import Settings, get_settings
+
+
+#: Faust transports by broker URL scheme (compat/: why not Faust's own).
+TRANSPORTS: dict[str, type[TransportT]] = {"kafka": compat_aiokafka.Transport, "tansu": compat_tansu.Transport}
 
 
 class GochatApp(faust.App):
@@ -26,6 +33,12 @@ class GochatApp(faust.App):
     def __init__(self, settings: Settings, group_id: str, **options: object) -> None:
         super().__init__(group_id, **options)
         self.gochat_settings = settings
+
+    def _new_transport(self) -> TransportT:
+        return TRANSPORTS[self.conf.broker_consumer[0].scheme](self.conf.broker_consumer, self)
+
+    def _new_producer_transport(self) -> TransportT:
+        return TRANSPORTS[self.conf.broker_producer[0].scheme](self.conf.broker_producer, self)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GOCHAT_", frozen=True, extra="forbid")
 
     # Broker. ``tansu://host:port`` selects the dev-broker compatibility layer
-    # (gochat_streams/compat/tansu.py); ``kafka://`` is any real Kafka cluster.
+    # (gochat_streams/compat/tansu.py); ``kafka://`` is any real Kafka cluster
+    # (gochat_streams/compat/aiokafka.py).
     broker_url: str = "kafka://127.0.0.1:9092"
     broker_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
     broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

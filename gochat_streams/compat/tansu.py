@@ -6,8 +6,8 @@ highwater, so table recovery would stop early and lose values, and a rocksdb res
 could crash with ``ConsistencyError``. The high watermark in a Fetch response is right,
 so this transport takes highwaters from a Fetch instead.
 
-Active only for ``GOCHAT_BROKER_URL=tansu://host:port`` (registered in setup.cfg under
-the ``faust.transports`` entry point); ``kafka://`` uses Faust's transport unchanged.
+Active only for ``GOCHAT_BROKER_URL=tansu://host:port`` (app.py picks the transport by
+scheme); ``kafka://`` uses compat/aiokafka.py, which this transport extends.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from . import aiokafka as gochat_aiokafka
 
 #: How long a Fetch may take before the broker is considered unreachable.
 FETCH_TIMEOUT_S = 30.0
@@ -63,5 +65,5 @@ class Consumer(faust_aiokafka.Consumer):
         return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
 
-class Transport(faust_aiokafka.Transport):
+class Transport(gochat_aiokafka.Transport):
     Consumer = Consumer

@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from .. import topics
 from ..codecs import DecodeError, decode, decode_client_frame, decode_downstream, encode
+from ..compat.aiokafka import track_topic
 from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
 from ..metrics import reject
@@ -92,6 +93,8 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     await topics.ensure_topics(s, [*topics.core(s), topics.downstream(s, s.gateway_id)])
     producer = AIOKafkaProducer(**producer_kwargs(s))
     await producer.start()
+    for topic in (topics.upstream(s).name, topics.user(s).name):
+        track_topic(producer, topic)
     app[PRODUCER] = producer
     consumer = asyncio.create_task(_consume_downstream(app), name="downstream-consumer")
     yield
