@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+
+import click
 import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.cli import option
 
 from . import topics
 from .app import app, settings
 from .gateway.tokens import issue_token
+from .kafka import client_kwargs, producer_kwargs
+from .models import DeadLetter
+
+#: A dead-letter topic is read until it has been quiet this long.
+_QUIET_S = 1.0
 
 
 @app.command(option("--ttl", type=int, default=None, help="Seconds until the token expires."),
@@ -19,7 +30,7 @@ async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> No
 
 @app.command()
 async def create_topics(self: faust.cli.AppCommand) -> None:
-    """Create the upstream, user and task topics with the spec's settings."""
+    """Create the spec's topics, the internal ones, the dead-letter and alert topics."""
     await topics.ensure_topics(settings, topics.core(settings))
 
 
@@ -29,3 +40,54 @@ async def gateway(self: faust.cli.AppCommand) -> None:
     from .gateway.server import run
 
     await run(settings)
+
+
+async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLetter]]:
+    """Every dead letter on ``spec``'s topic, as ``("partition:offset", letter)``."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(spec.name, p) for p in sorted(consumer.partitions_for_topic(spec.name) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        letters: list[tuple[str, DeadLetter]] = []
+        while batches := await consumer.getmany(timeout_ms=int(_QUIET_S * 1000)):
+            for records in batches.values():
+                for r in records:
+                    letters.append((f"{r.partition}:{r.offset}", DeadLetter.model_validate_json(r.value)))
+        return letters
+    finally:
+        await consumer.stop()
+
+
+@app.command(
+    option("--service", type=click.Choice(["logic", "task"]), default="logic", show_default=True,
+           help="im-upstream-dlq (logic) or im-task-dlq (task)."),
+    option("--replay", multiple=True, metavar="PARTITION:OFFSET",
+           help="Send this dead letter's original record back to its source topic (repeatable)."),
+)
+async def dead_letters(self: faust.cli.AppCommand, service: str, replay: tuple[str, ...]) -> None:
+    """List dead letters as JSON lines, or replay chosen ones to their source topics."""
+    spec = topics.upstream_dlq(settings) if service == "logic" else topics.task_dlq(settings)
+    letters = await _read_dead_letters(spec)
+    if not replay:
+        for position, letter in letters:
+            print(json.dumps({"position": position, **letter.model_dump(exclude={"value_b64"})}, ensure_ascii=False))
+        return
+    chosen = dict(letters)
+    unknown = [p for p in replay if p not in chosen]
+    if unknown:
+        raise click.UsageError(f"no dead letter at {', '.join(unknown)} on {spec.name}")
+    producer = AIOKafkaProducer(**producer_kwargs(settings))
+    await producer.start()
+    try:
+        sends = [
+            await producer.send(letter.source_topic, base64.b64decode(letter.value_b64),
+                                key=letter.key.encode() if letter.key is not None else None)
+            for letter in (chosen[p] for p in replay)
+        ]
+        for position, sent in zip(replay, await asyncio.gather(*sends)):
+            print(f"replayed {position} to {sent.topic}[{sent.partition}]@{sent.offset}")
+    finally:
+        await producer.stop()

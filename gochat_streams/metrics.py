@@ -34,3 +34,13 @@ tasks_failed = Counter(
     "Tasks the task service could not complete, by type",
     ["task_type"],
 )
+dead_letters = Counter(
+    "gochat_dead_letters_total",
+    "Records given up on and written to a dead-letter topic, by service and reason",
+    ["service", "reason"],
+)
+messages_deduplicated = Counter(
+    "gochat_messages_deduplicated_total",
+    "Messages dropped as a resend of one already accepted, by where",
+    ["where"],
+)

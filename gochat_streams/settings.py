@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     group_partitions: int = Field(10, ge=1)
     group_replicas: int = Field(3, ge=1)
     group_retention_ms: int = 1 * DAY_MS
+    # Dead letters (im-upstream-dlq, im-task-dlq) and alert events (im-alert-topic).
+    dlq_partitions: int = Field(3, ge=1)
+    dlq_replicas: int = Field(3, ge=1)
+    dlq_retention_ms: int = 14 * DAY_MS
+    alert_replicas: int = Field(3, ge=1)
+    alert_retention_ms: int = 7 * DAY_MS
     compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = "lz4"
 
     # Consumer-group timing: the spec's 30 s session / 10 s heartbeat. The dev
@@ -60,6 +66,10 @@ class Settings(BaseSettings):
     rebalance_timeout_s: float = 60.0
 
     # Worker
+    #: Attempts at a record whose handling fails before it is dead-lettered (the spec's 3).
+    max_attempts: int = Field(3, ge=1)
+    #: Backoff before the first retry; it doubles for each one after.
+    retry_backoff_s: float = Field(0.2, ge=0)
     data_dir: Path = Path("data")
     table_store: str = "rocksdb://"
     web_host: str = "127.0.0.1"
@@ -73,6 +83,9 @@ class Settings(BaseSettings):
     #: Unacknowledged messages kept per user for reconnect sync; beyond this the oldest
     #: are dropped from the inbox (they stay in the message store's history).
     inbox_max_pending: int = Field(10_000, ge=1)
+    #: A message delivered to a user is not delivered to them again for this long
+    #: (a client resend, a replay after a crash), keyed by sender and message_id.
+    dedup_ttl_s: int = Field(24 * 60 * 60, ge=1)
 
     # Task service: message store and offline push
     #: ``postgresql://user:pass@host/db`` or ``sqlite:///path``; SQLite in the data dir if unset.
@@ -95,6 +108,12 @@ class Settings(BaseSettings):
     auth_secret: SecretStr = SecretStr("dev-secret-change-me")
     token_ttl_s: int = 24 * 60 * 60
     max_frame_bytes: int = 64 * 1024
+    #: Frames a socket may send per second on average, and in a burst; beyond, they are
+    #: refused with a ``rate_limited`` error frame.
+    max_frames_per_s: float = Field(50.0, gt=0)
+    max_frames_burst: int = Field(200, ge=1)
+    #: A message_id a socket sends again within this window is acknowledged, not resent.
+    resend_window_s: float = Field(60.0, ge=0)
     max_content_chars: int = 10_000
     #: What a browser loads (demo chat, ops page); a checkout's ``web/`` by default.
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"

@@ -10,7 +10,14 @@ im-group-topic (internal)      group_id          UpstreamMessage          10    
 im-user-topic (internal)       user_id           UserEvent                10    3  1 d       im-logic-group
 im-downstream-topic-{gateway}  to_user_id        DownstreamMessage         3    2  1 d       gateway-{id}-group
 im-task-topic                  task_type         Task                      5    3  3 d       im-task-group
+im-upstream-dlq                source key        DeadLetter                3    3  14 d      (operators)
+im-task-dlq                    source key        DeadLetter                3    3  14 d      (operators)
+im-alert-topic                 reason            Alert                     1    3  7 d       (alerting)
 ============================== ================= ======================= ==== ==== ========= =================
+
+The logic service dead-letters to ``im-upstream-dlq`` whatever it cannot handle from
+any of its topics; the task service to ``im-task-dlq``. Each dead letter also raises an
+alert event.
 
 ``im-group-topic`` is the upstream's group and system messages re-keyed by group (or
 conversation) id, where the groups table lives (agents/groups.py). ``im-user-topic`` is
@@ -46,6 +53,9 @@ GROUP = "im-group-topic"
 USER = "im-user-topic"
 TASK = "im-task-topic"
 DOWNSTREAM_PREFIX = "im-downstream-topic-"
+UPSTREAM_DLQ = "im-upstream-dlq"
+TASK_DLQ = "im-task-dlq"
+ALERT = "im-alert-topic"
 
 DOWNSTREAM_SEQ = "gochat-seq"
 DOWNSTREAM_CONNECTION = "gochat-connection"
@@ -94,13 +104,28 @@ def task(s: Settings) -> TopicSpec:
                      s.task_retention_ms, s.compression)
 
 
+def upstream_dlq(s: Settings) -> TopicSpec:
+    return TopicSpec(s.namespace + UPSTREAM_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
+                     s.dlq_retention_ms, s.compression)
+
+
+def task_dlq(s: Settings) -> TopicSpec:
+    return TopicSpec(s.namespace + TASK_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
+                     s.dlq_retention_ms, s.compression)
+
+
+def alert(s: Settings) -> TopicSpec:
+    return TopicSpec(s.namespace + ALERT, "reason", "Alert", 1, s.alert_replicas, s.alert_retention_ms,
+                     s.compression)
+
+
 def downstream_name(s: Settings, gateway_id: str) -> str:
     return f"{s.namespace}{DOWNSTREAM_PREFIX}{gateway_id}"
 
 
 def core(s: Settings) -> list[TopicSpec]:
     """The topics that exist before any gateway starts."""
-    return [upstream(s), group(s), user(s), task(s)]
+    return [upstream(s), group(s), user(s), task(s), upstream_dlq(s), task_dlq(s), alert(s)]
 
 
 @dataclass(frozen=True)

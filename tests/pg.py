@@ -33,47 +33,66 @@ def _bin_dir() -> Path:
     raise RuntimeError(f"no PostgreSQL server binaries (initdb, pg_ctl) found: {INSTALL_HINT}")
 
 
+class Postgres:
+    """A server in its own directory, on a free loopback port; it can be stopped and started again."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.bin_dir = _bin_dir()
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(f"running as root needs the `postgres` system user: {INSTALL_HINT}") from None
+            self.work = Path(tempfile.mkdtemp(prefix="gochat-pg-"))
+            os.chown(self.work, owner.pw_uid, owner.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        else:
+            self.work = tmp_dir / "postgres"
+            self.work.mkdir(parents=True)
+            self.prefix = []
+        self.data, self.log = self.work / "data", self.work / "server.log"
+        self.port = free_port()
+        self.dsn = f"postgresql://{USER}@127.0.0.1:{self.port}/postgres"
+        try:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-locale")
+        except BaseException:
+            self.remove()
+            raise
+
+    def _run(self, program: str, *args: str) -> None:
+        # cwd=work: the postgres user may not be allowed into the caller's working directory.
+        done = subprocess.run([*self.prefix, str(self.bin_dir / program), *args], cwd=self.work,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            server_log = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} failed ({done.returncode}):\n{done.stdout}{done.stderr}{server_log}")
+
+    def start(self) -> None:
+        self._run("pg_ctl", "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                  "-o", f"-p {self.port} -k {self.work} -h 127.0.0.1 -c fsync=off")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "fast", "-w")
+
+    def remove(self) -> None:
+        if self.as_root:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
 def start_postgres(tmp_dir: Path) -> tuple[str, Callable[[], None]]:
     """Start a server on a free loopback port; return its DSN and a function that stops it."""
-    bin_dir = _bin_dir()
-    as_root = os.geteuid() == 0
-    if as_root:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            raise RuntimeError(f"running as root needs the `postgres` system user: {INSTALL_HINT}") from None
-        work = Path(tempfile.mkdtemp(prefix="gochat-pg-"))
-        os.chown(work, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    else:
-        work = tmp_dir / "postgres"
-        work.mkdir(parents=True)
-        prefix = []
-    data, log = work / "data", work / "server.log"
-    port = free_port()
-
-    def run(*args: str) -> None:
-        # cwd=work: the postgres user may not be allowed into the caller's working directory.
-        done = subprocess.run([*prefix, *args], cwd=work, capture_output=True, text=True)
-        if done.returncode != 0:
-            server_log = log.read_text(errors="replace")[-4000:] if log.exists() else ""
-            raise RuntimeError(f"{args[0]} failed ({done.returncode}):\n{done.stdout}{done.stderr}{server_log}")
+    server = Postgres(tmp_dir)
+    try:
+        server.start()
+    except BaseException:
+        server.remove()
+        raise
 
     def stop() -> None:
         try:
-            run(str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w")
+            server.stop()
         finally:
-            if as_root:
-                shutil.rmtree(work, ignore_errors=True)
+            server.remove()
 
-    try:
-        run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", USER, "-E", "UTF8", "--no-locale")
-        run(
-            str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
-            "-o", f"-p {port} -k {work} -h 127.0.0.1 -c fsync=off",
-        )
-    except BaseException:
-        if as_root:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    return f"postgresql://{USER}@127.0.0.1:{port}/postgres", stop
+    return server.dsn, stop

@@ -12,28 +12,34 @@ stays there until the user acknowledges it. When a socket connects, the pending
 entries go to that socket alone, in order, and every later message goes to all the
 user's sockets: as both happen in partition order, the new socket misses nothing and
 gets nothing twice.
+
+Dedup: a message (sender, message_id) already delivered to a user within
+``dedup_ttl_s`` is dropped, whether a client resent it or a crash replayed it
+(tables/dedup.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from faust import StreamT
 
 from ..app import app, settings
-from ..channels import downstream, task, user
+from ..channels import downstream, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_user_event, encode
-from ..metrics import messages_routed, reject
-from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange
+from ..metrics import messages_deduplicated, messages_routed
+from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
+from ..outbox import Outgoing
 from ..routing import gateways_for, offline_push_task
+from ..tables.dedup import already_delivered, delivered, delivered_log, delivery_key, remember
 from ..tables.inbox import Cursor, inbox, inbox_cursors, inbox_key
 from ..tables.presence import presence, with_connection, without_connection, without_stale
 from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
 
 
-async def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes]) -> None:
-    await downstream(gateway_id).send(key=user_id, value=value, headers=dict(headers))
+def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes] | None = None) -> Outgoing:
+    return Outgoing(downstream(gateway_id), user_id, value, headers)
 
 
 def _store_presence(user_id: str, connections: dict[str, dict[str, int]]) -> None:
@@ -43,29 +49,29 @@ def _store_presence(user_id: str, connections: dict[str, dict[str, int]]) -> Non
         del presence[user_id]
 
 
-async def _on_presence(change: PresenceChange) -> None:
+def _on_presence(change: PresenceChange) -> list[Outgoing]:
     current = presence.get(change.user_id)
     if not change.online:
         _store_presence(change.user_id, without_connection(current, change.gateway_id, change.connection_id))
-        return
+        return []
     presence[change.user_id] = with_connection(current, change.gateway_id, change.connection_id, change.timestamp)
-    await _sync(change)
+    return _sync(change)
 
 
-async def _sync(change: PresenceChange) -> None:
-    """Send the user's pending inbox entries, oldest first, to the socket that just connected."""
+def _sync(change: PresenceChange) -> list[Outgoing]:
+    """The user's pending inbox entries, oldest first, for the socket that just connected."""
     cursor: Cursor | None = inbox_cursors.get(change.user_id)
     if cursor is None:
-        return
-    sent = 0
+        return []
+    out = []
     for seq in range(cursor["floor"], cursor["next"]):
         entry = inbox.get(inbox_key(change.user_id, seq))
         if entry is not None:
             headers = {DOWNSTREAM_SEQ: str(seq).encode(), DOWNSTREAM_CONNECTION: change.connection_id.encode()}
-            await _push(change.gateway_id, change.user_id, _encode_entry(entry), headers)
-            sent += 1
-    if sent:
-        messages_routed.labels("sync").inc(sent)
+            out.append(_push(change.gateway_id, change.user_id, _encode_entry(entry), headers))
+    if out:
+        messages_routed.labels("sync").inc(len(out))
+    return out
 
 
 def _encode_entry(entry: Mapping[str, Any]) -> bytes:
@@ -87,47 +93,50 @@ def _keep(user_id: str, message: DownstreamMessage) -> int:
     return seq
 
 
-async def _on_delivery(delivery: Delivery) -> None:
+def _on_delivery(delivery: Delivery) -> list[Outgoing]:
     user_id, message = delivery.user_id, delivery.message
     gateways = gateways_for(presence.get(user_id))
     if delivery.echo:
         # The sender's own message, for their other sockets: nothing to sync or push.
-        for gateway_id in gateways:
-            await _push(gateway_id, user_id, encode(message), {})
-        return
+        return [_push(gateway_id, user_id, encode(message)) for gateway_id in gateways]
+    key = delivery_key(user_id, message.from_user_id, message.message_id)
+    now, ttl = now_ms(), settings.dedup_ttl_s * 1000
+    if already_delivered(delivered, key, now, ttl):
+        messages_deduplicated.labels("logic").inc()
+        return []
+    remember(delivered, delivered_log, user_id, key, now, ttl)
     seq = _keep(user_id, message)
     if gateways:
         headers = {DOWNSTREAM_SEQ: str(seq).encode()}
         value = encode(message)
-        for gateway_id in gateways:
-            await _push(gateway_id, user_id, value, headers)
         messages_routed.labels("online").inc()
-        return
-    await _offline(user_id, message)
+        return [_push(gateway_id, user_id, value, headers) for gateway_id in gateways]
+    return [_offline(user_id, message)]
 
 
-async def _offline(user_id: str, message: DownstreamMessage) -> None:
+def _offline(user_id: str, message: DownstreamMessage) -> Outgoing:
     push = offline_push_task(message, user_id)
-    await task.send(key=push.task_type, value=encode(push))
     messages_routed.labels("offline").inc()
+    return Outgoing(task, push.task_type, encode(push))
 
 
-def _on_ack(ack: Ack) -> None:
+def _on_ack(ack: Ack) -> list[Outgoing]:
     key = inbox_key(ack.user_id, ack.seq)
     entry = inbox.get(key)
     if entry is None or entry["message_id"] != ack.message_id:
-        return  # acknowledged before, or dropped from a full inbox
+        return []  # acknowledged before, or dropped from a full inbox
     del inbox[key]
     cursor: Cursor | None = inbox_cursors.get(ack.user_id)
     if cursor is None or ack.seq != cursor["floor"]:
-        return
+        return []
     floor = cursor["floor"] + 1
     while floor < cursor["next"] and inbox_key(ack.user_id, floor) not in inbox:
         floor += 1
     inbox_cursors[ack.user_id] = {"next": cursor["next"], "floor": floor}
+    return []
 
 
-async def _on_bounce(bounce: Bounce) -> None:
+def _on_bounce(bounce: Bounce) -> list[Outgoing]:
     """The gateway no longer has the user: forget its stale sockets; if none are left, push.
 
     Other gateways of the user got the message when it was routed, or, if the user
@@ -137,24 +146,22 @@ async def _on_bounce(bounce: Bounce) -> None:
     _store_presence(bounce.user_id, connections)
     entry = inbox.get(inbox_key(bounce.user_id, bounce.seq))
     if entry is None or entry["message_id"] != bounce.message_id or gateways_for(connections):
-        return
-    await _offline(bounce.user_id, DownstreamMessage.model_construct(**entry))
+        return []
+    return [_offline(bounce.user_id, DownstreamMessage.model_construct(**entry))]
+
+
+_HANDLERS: dict[type, Callable[[Any], list[Outgoing]]] = {
+    PresenceChange: _on_presence, Delivery: _on_delivery, Ack: _on_ack, Bounce: _on_bounce,
+}
 
 
 @app.agent(user, name="deliver")
 async def deliver(stream: StreamT[bytes]) -> None:
     """im-user-topic -> presence and inbox tables; im-downstream-topic-{gateway_id}; offline pushes."""
-    async for raw in stream:
+    async for event in stream.events():
         try:
-            event = decode_user_event(raw)
+            user_event = decode_user_event(event.value)
         except DecodeError as exc:
-            reject("user", exc.reason, exc.detail)
+            await logic_dead_letters.bury(event, "user", exc.reason, exc.detail)
             continue
-        if isinstance(event, PresenceChange):
-            await _on_presence(event)
-        elif isinstance(event, Delivery):
-            await _on_delivery(event)
-        elif isinstance(event, Ack):
-            _on_ack(event)
-        else:
-            await _on_bounce(event)
+        await logic_dead_letters.handle(event, "user", lambda: _HANDLERS[type(user_event)](user_event))

@@ -14,60 +14,62 @@ from __future__ import annotations
 from faust import StreamT
 
 from ..app import app, settings
-from ..channels import downstream, group, task, user
+from ..channels import downstream, group, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_upstream, encode
 from ..groups import Outcome, Refused, apply, target_id
 from ..metrics import messages_routed, reject
 from ..models import USER_MESSAGE_TYPES, Delivery, Refusal, UpstreamMessage
+from ..outbox import Outgoing
 from ..routing import fanout_tasks, persist_task
 from ..tables.groups import groups
 from ..topics import DOWNSTREAM_KIND
 
 
-async def _refuse(message: UpstreamMessage, refused: Refused) -> None:
+def _refuse(message: UpstreamMessage, refused: Refused) -> list[Outgoing]:
     reject("group", refused.code, f"{message.message_id} from {message.from_user_id}: {refused.detail}")
     refusal = Refusal(user_id=message.from_user_id, message_id=message.message_id, code=refused.code,
                       detail=refused.detail)
-    await downstream(message.gateway_id).send(
-        key=message.from_user_id, value=encode(refusal), headers={DOWNSTREAM_KIND: b"error"}
-    )
+    return [Outgoing(downstream(message.gateway_id), message.from_user_id, encode(refusal),
+                     {DOWNSTREAM_KIND: b"error"})]
 
 
-async def _fan_out(group_id: str, outcome: Outcome) -> None:
+def _fan_out(group_id: str, outcome: Outcome) -> list[Outgoing]:
     message, sender = outcome.message, outcome.message.from_user_id
+    out = [Outgoing(task, "persist_message", encode(persist_task(message)))]
     large = message.message_type in USER_MESSAGE_TYPES and len(outcome.recipients) > settings.small_group_max_members
     if large:
         for fanout in fanout_tasks(message, group_id, outcome.recipients, sender, settings.fanout_batch_size):
-            await task.send(key=fanout.task_type, value=encode(fanout))
+            out.append(Outgoing(task, fanout.task_type, encode(fanout)))
     else:
-        for member in outcome.recipients:
-            if member != sender:
-                await user.send(key=member, value=encode(Delivery(user_id=member, message=message)))
+        out += [Outgoing(user, member, encode(Delivery(user_id=member, message=message)))
+                for member in outcome.recipients if member != sender]
     if sender in outcome.recipients:
-        await user.send(key=sender, value=encode(Delivery(user_id=sender, message=message, echo=True)))
+        out.append(Outgoing(user, sender, encode(Delivery(user_id=sender, message=message, echo=True))))
     messages_routed.labels("group_fanout" if large else "group").inc()
+    return out
+
+
+def _on_message(message: UpstreamMessage) -> list[Outgoing]:
+    group_id = target_id(message)
+    try:
+        outcome = apply(groups.get(group_id), message)
+    except Refused as refused:
+        return _refuse(message, refused)
+    if message.message_type not in USER_MESSAGE_TYPES:
+        if outcome.state is not None:
+            groups[group_id] = outcome.state
+        elif group_id in groups:
+            del groups[group_id]
+    return _fan_out(group_id, outcome)
 
 
 @app.agent(group, name="route_group")
 async def route_group(stream: StreamT[bytes]) -> None:
     """im-group-topic -> groups table; members on im-user-topic or group_fanout tasks; refusals to the sender."""
-    async for raw in stream:
+    async for event in stream.events():
         try:
-            message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
+            message = decode_upstream(event.value, max_content_chars=settings.max_content_chars)
         except DecodeError as exc:
-            reject("group", exc.reason, exc.detail)
+            await logic_dead_letters.bury(event, "group", exc.reason, exc.detail)
             continue
-        group_id = target_id(message)
-        try:
-            outcome = apply(groups.get(group_id), message)
-        except Refused as refused:
-            await _refuse(message, refused)
-            continue
-        if message.message_type not in USER_MESSAGE_TYPES:
-            if outcome.state is None:
-                if group_id in groups:
-                    del groups[group_id]
-            else:
-                groups[group_id] = outcome.state
-        await task.send(key="persist_message", value=encode(persist_task(outcome.message)))
-        await _fan_out(group_id, outcome)
+        await logic_dead_letters.handle(event, "group", lambda: _on_message(message))

@@ -2,32 +2,34 @@
 
 Runs in its own Faust app (consumer group ``im-task-group``, app.py). Tasks are taken in
 batches of up to ``max.poll.records``: one store transaction persists a batch's
-messages, and the offsets are committed only after the batch is handled.
+messages, and the offsets are committed only after the batch is handled. A task that
+fails ``max_attempts`` times (with backoff) goes to ``im-task-dlq`` with an alert.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from faust import StreamT
+from faust.types import EventT
 from redis.asyncio import Redis
 
 from ..app import settings, task_app
-from ..channels import task_service_tasks, task_service_user
+from ..channels import task_dead_letters, task_service_tasks, task_service_user
 from ..codecs import DecodeError, decode_task, encode
+from ..deadletters import retrying
 from ..history import RecentMessages
-from ..metrics import reject, tasks_done, tasks_failed
-from ..models import Delivery, GroupFanoutTask, OfflinePushTask, PersistMessageTask
-from ..push import Pusher, PushFailed, create_pusher
+from ..metrics import tasks_done, tasks_failed
+from ..models import Delivery, GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
+from ..push import Pusher, create_pusher
 from ..store import MessageStore, open_store
 from ..topics import task_group
 
-log = logging.getLogger(__name__)
-
+T = TypeVar("T", OfflinePushTask, GroupFanoutTask)
 #: How long a partial batch waits for more tasks before it is handled.
 _BATCH_WAIT_S = 0.05
 
@@ -44,19 +46,12 @@ class TaskHandlers:
         tasks_done.labels("persist_message").inc(len(tasks))
 
     async def push(self, task: OfflinePushTask) -> None:
-        try:
-            await self.pusher.push(task.payload)
-        except PushFailed as exc:
-            tasks_failed.labels("offline_push").inc()
-            log.warning("offline push %s to %s failed: %s", task.task_id, task.payload.user_id, exc)
-            return
+        await self.pusher.push(task.payload)
         tasks_done.labels("offline_push").inc()
 
     async def fan_out(self, task: GroupFanoutTask) -> None:
         payload = task.payload
-        if payload.member_ids is None or payload.message is None:
-            reject("task", "missing_field", f"{task.task_id}: group_fanout without member_ids and message")
-            return
+        assert payload.member_ids is not None and payload.message is not None  # checked in handle()
         excluded = set(payload.exclude_user_ids)
         for member in payload.member_ids:
             if member not in excluded:
@@ -64,29 +59,59 @@ class TaskHandlers:
                 await task_service_user.send(key=member, value=encode(delivery))
         tasks_done.labels("group_fanout").inc()
 
-    async def handle(self, batch: Sequence[bytes]) -> None:
-        persists: list[PersistMessageTask] = []
-        pushes: list[OfflinePushTask] = []
-        fanouts: list[GroupFanoutTask] = []
-        for raw in batch:
+    async def handle(self, events: Sequence[EventT]) -> None:
+        persists: list[tuple[EventT, PersistMessageTask]] = []
+        others: list[tuple[EventT, OfflinePushTask | GroupFanoutTask]] = []
+        for event in events:
             try:
-                task = decode_task(raw)
+                task = decode_task(event.value)
             except DecodeError as exc:
-                reject("task", exc.reason, exc.detail)
+                await task_dead_letters.bury(event, "task", exc.reason, exc.detail)
                 continue
-            if isinstance(task, PersistMessageTask):
-                persists.append(task)
-            elif isinstance(task, OfflinePushTask):
-                pushes.append(task)
+            if isinstance(task, GroupFanoutTask) and (task.payload.member_ids is None or task.payload.message is None):
+                await task_dead_letters.bury(event, "task", "missing_field",
+                                             f"{task.task_id}: group_fanout without member_ids and message")
+            elif isinstance(task, PersistMessageTask):
+                persists.append((event, task))
             else:
-                fanouts.append(task)
+                others.append((event, task))
         # History first: a push makes its user open the app and read it.
-        if persists:
-            await self.persist(persists)
+        await self._persist_all(persists)
         # Concurrently: one slow push endpoint must not cost a batch its sum of timeouts.
-        await asyncio.gather(*(self.push(task) for task in pushes))
-        for fanout in fanouts:
-            await self.fan_out(fanout)
+        await asyncio.gather(*(self._attempt(event, task, self.push) for event, task in others
+                               if isinstance(task, OfflinePushTask)))
+        for event, task in others:
+            if isinstance(task, GroupFanoutTask):
+                await self._attempt(event, task, self.fan_out)
+
+    async def _persist_all(self, persists: Sequence[tuple[EventT, PersistMessageTask]]) -> None:
+        """One transaction for the batch; if it keeps failing, each task on its own, so
+        that one bad task is dead-lettered and the others are stored."""
+        if not persists:
+            return
+        failure = await retrying(lambda: self.persist([t for _, t in persists]), attempts=settings.max_attempts,
+                                 backoff_s=settings.retry_backoff_s, what=f"persisting {len(persists)} messages")
+        if failure is None:
+            return
+        if len(persists) == 1:
+            await self._give_up(*persists[0], failure)
+            return
+        for event, task in persists:
+            try:
+                await self.persist([task])
+            except Exception as exc:  # dead-lettered, with the attempts the batch had
+                await self._give_up(event, task, exc)
+
+    async def _attempt(self, event: EventT, task: T, handler: Callable[[T], Awaitable[None]]) -> None:
+        failure = await retrying(lambda: handler(task), attempts=settings.max_attempts,
+                                 backoff_s=settings.retry_backoff_s, what=f"{task.task_type} {task.task_id}")
+        if failure is not None:
+            await self._give_up(event, task, failure)
+
+    async def _give_up(self, event: EventT, task: Task, error: BaseException) -> None:
+        tasks_failed.labels(task.task_type).inc()
+        await task_dead_letters.bury(event, "task", "handler_failed", f"{task.task_id}: {error!r}",
+                                     retry_count=settings.max_attempts)
 
 
 @contextlib.asynccontextmanager
@@ -108,5 +133,5 @@ async def task_handlers() -> AsyncIterator[TaskHandlers]:
 async def run_tasks(stream: StreamT[bytes]) -> None:
     """im-task-topic -> persist_message, offline_push, group_fanout, a batch at a time."""
     async with task_handlers() as handlers:
-        async for batch in stream.take(task_group(settings).max_poll_records, within=_BATCH_WAIT_S):
-            await handlers.handle(batch)
+        async for events in stream.take_events(task_group(settings).max_poll_records, within=_BATCH_WAIT_S):
+            await handlers.handle(events)

@@ -11,31 +11,38 @@ from __future__ import annotations
 from faust import StreamT
 
 from ..app import app, settings
-from ..channels import group, task, upstream, user
+from ..channels import group, logic_dead_letters, task, upstream, user
 from ..codecs import DecodeError, decode_upstream, encode
 from ..groups import target_id
-from ..metrics import messages_routed, reject
-from ..models import Delivery
+from ..metrics import messages_routed
+from ..models import Delivery, UpstreamMessage
+from ..outbox import Outgoing
 from ..routing import addressing_error, is_single_chat, persist_task
+
+
+def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
+    if not is_single_chat(message):
+        return [Outgoing(group, target_id(message), raw)]
+    assert message.to_user_id is not None
+    delivered = message.to_downstream()
+    messages_routed.labels("single").inc()
+    return [
+        Outgoing(user, message.to_user_id, encode(Delivery(user_id=message.to_user_id, message=delivered))),
+        Outgoing(task, "persist_message", encode(persist_task(delivered))),
+    ]
 
 
 @app.agent(upstream, name="route_upstream")
 async def route_upstream(stream: StreamT[bytes]) -> None:
     """im-upstream-topic -> im-user-topic (single chat) or im-group-topic (groups, system messages)."""
-    async for raw in stream:
+    async for event in stream.events():
+        raw = event.value
         try:
             message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
         except DecodeError as exc:
-            reject("upstream", exc.reason, exc.detail)
+            await logic_dead_letters.bury(event, "upstream", exc.reason, exc.detail)
             continue
         if (error := addressing_error(message)) is not None:
-            reject("upstream", "unroutable", f"{message.message_id}: {error}")
+            await logic_dead_letters.bury(event, "upstream", "unroutable", f"{message.message_id}: {error}")
             continue
-        if not is_single_chat(message):
-            await group.send(key=target_id(message), value=raw)
-            continue
-        assert message.to_user_id is not None
-        delivered = message.to_downstream()
-        await user.send(key=message.to_user_id, value=encode(Delivery(user_id=message.to_user_id, message=delivered)))
-        await task.send(key="persist_message", value=encode(persist_task(delivered)))
-        messages_routed.labels("single").inc()
+        await logic_dead_letters.handle(event, "upstream", lambda: _route(raw, message))

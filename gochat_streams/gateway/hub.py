@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
@@ -10,9 +11,26 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-#: Message ids a socket sent that the gateway remembers, to keep echoes and refusals
-#: of a message away from / addressed to the socket that sent it.
+#: Message ids a socket sent that the gateway remembers: to keep echoes and refusals
+#: of a message away from / addressed to the socket that sent it, and to drop a resend.
 _SENT_REMEMBERED = 1024
+
+
+class TokenBucket:
+    """``rate`` frames a second on average, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.updated = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass(eq=False)
@@ -20,17 +38,27 @@ class Connection:
     user_id: str
     connection_id: str
     ws: web.WebSocketResponse
+    frames: TokenBucket
     #: message_id -> inbox seq of what was pushed here and not yet acknowledged.
     unacked: dict[str, int] = field(default_factory=dict)
-    _sent: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    #: message_id -> when this socket sent it (monotonic seconds).
+    _sent: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def remember_sent(self, message_id: str) -> None:
-        self._sent[message_id] = None
+        self._sent[message_id] = time.monotonic()
+        self._sent.move_to_end(message_id)
         if len(self._sent) > _SENT_REMEMBERED:
             self._sent.popitem(last=False)
 
+    def forget_sent(self, message_id: str) -> None:
+        self._sent.pop(message_id, None)
+
     def sent(self, message_id: str) -> bool:
         return message_id in self._sent
+
+    def sent_within(self, message_id: str, window_s: float) -> bool:
+        at = self._sent.get(message_id)
+        return at is not None and time.monotonic() - at <= window_s
 
     async def send(self, frame: str, message_id: str | None = None, seq: int | None = None) -> bool:
         if self.ws.closed:

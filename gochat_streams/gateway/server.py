@@ -31,13 +31,13 @@ from ..codecs import DecodeError, decode, decode_client_frame, decode_downstream
 from ..compat.aiokafka import track_topic
 from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
-from ..metrics import reject
+from ..metrics import messages_deduplicated, reject
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, Refusal, SendFrame, UpstreamMessage, now_ms
 from ..models.common import Id
 from ..routing import addressing_error
 from ..settings import Settings
 from ..store import MessageStore, open_store
-from .hub import Connection, Hub
+from .hub import Connection, Hub, TokenBucket
 from .tokens import InvalidToken, verify_token
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * s.max_frame_bytes)
     await ws.prepare(request)
-    conn = Connection(user_id, uuid.uuid4().hex, ws)
+    conn = Connection(user_id, uuid.uuid4().hex, ws, TokenBucket(s.max_frames_per_s, s.max_frames_burst))
     hub = app[HUB]
     # Registered before the presence change is published: the reconnect sync that
     # the change triggers finds the socket.
@@ -261,6 +261,9 @@ async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, messag
 
 async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
     s = app[SETTINGS]
+    if not conn.frames.take():
+        await _error(conn.ws, "rate_limited", f"at most {s.max_frames_per_s:g} frames a second; frame dropped")
+        return
     try:
         frame = decode_client_frame(data, max_bytes=s.max_frame_bytes)
     except DecodeError as exc:
@@ -311,10 +314,16 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
     if (error := addressing_error(upstream)) is not None:
         await _error(ws, "invalid_frame", error, message.message_id)
         return
+    if conn.sent_within(message.message_id, s.resend_window_s):
+        # A client resending what it has no ack for yet: the broker has it, say so again.
+        messages_deduplicated.labels("gateway").inc()
+        await ws.send_json({"type": "ack", "message_id": message.message_id})
+        return
     conn.remember_sent(message.message_id)
     try:
         await app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
     except KafkaError as exc:
+        conn.forget_sent(message.message_id)  # so that the client's resend is tried again
         await _error(ws, "broker_unavailable", f"message not accepted: {exc}", message.message_id)
         return
     await ws.send_json({"type": "ack", "message_id": message.message_id})

@@ -1,6 +1,7 @@
 """Pydantic models of the spec's envelopes. Agents only ever see these, validated."""
 
 from .common import PROTOCOL_VERSION, now_ms
+from .deadletters import Alert, DeadLetter
 from .frames import CLIENT_FRAME_ADAPTER, AckFrame, ClientFrame, ClientMessage, ErrorCode, Refusal, RefusalCode, SendFrame
 from .messages import (
     METADATA_MODELS,
@@ -25,7 +26,8 @@ from .tasks import (
 from .user_events import USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
 
 __all__ = [
-    "Ack", "AckFrame", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "Delivery",
+    "Ack", "AckFrame", "Alert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
+    "Delivery",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
     "METADATA_MODELS", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
     "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange", "Refusal", "RefusalCode",

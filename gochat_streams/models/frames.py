@@ -44,6 +44,7 @@ ErrorCode = Literal[
     "content_too_large",
     "sender_mismatch",
     "broker_unavailable",
+    "rate_limited",
     # Refused by the logic service (groups.py), after the gateway accepted the frame:
     "unknown_group",
     "not_a_member",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -111,3 +112,37 @@ async def test_bad_token_gets_401_before_the_upgrade(cluster: Cluster, auth: dic
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"{gw}/ws", **auth)
     assert refused.value.status == 401
+
+
+async def test_a_resent_message_is_delivered_once_also_from_another_gateway(cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
+    alice, bob = await connect(gw1, "alice"), await connect(gw1, "bob")
+    for _ in range(3):
+        await alice.send("once", "bob")
+    assert [f["message_id"] for f in await alice.frames(3)] == ["once"] * 3
+    # Reconnected elsewhere, the client resends what it was unsure of: the logic
+    # service has delivered it already.
+    await alice.ws.close()
+    alice = await connect(gw2, "alice")
+    await alice.send("once", "bob")
+    await alice.send("after", "bob")
+    assert [f["message_id"] for f in await alice.frames(2)] == ["once", "after"]
+    assert [m["message_id"] for m in await bob.messages(2)] == ["once", "after"]
+
+
+async def test_a_frame_flood_is_limited_per_socket(cluster: Cluster, connect: Any) -> None:
+    cluster.env.update({"GOCHAT_MAX_FRAMES_PER_S": "1", "GOCHAT_MAX_FRAMES_BURST": "5"})
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    alice, bob = await connect(gw, "alice"), await connect(gw, "bob")
+    for i in range(8):
+        await alice.send(f"flood-{i}", "bob")
+    frames = await alice.frames(8)
+    assert [f["type"] for f in frames] == ["ack"] * 5 + ["error"] * 3
+    assert {f["code"] for f in frames[5:]} == {"rate_limited"}
+    # The socket stays open and the bucket refills.
+    await asyncio.sleep(1.5)
+    await alice.send("later", "bob")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "later"}
+    assert [m["message_id"] for m in await bob.messages(6)] == [f"flood-{i}" for i in range(5)] + ["later"]

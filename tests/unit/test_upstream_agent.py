@@ -1,5 +1,6 @@
 """route_upstream through Faust's test_context: where it sends good records, and bad ones."""
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,14 @@ INVITE = {**EXAMPLE, "to_user_id": None, "conversation_id": "group_9", "message_
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, bytes]]]:
     """What the agent hands to each topic (the producer is not started in a test_context)."""
-    out: dict[str, list[tuple[str, bytes]]] = {"user": [], "group": [], "task": []}
+    out: dict[str, list[tuple[str, bytes]]] = {"user": [], "group": [], "task": [], "dlq": [], "alerts": []}
+    targets = {"user": channels.user, "group": channels.group, "task": channels.task,
+               "dlq": channels.logic_dead_letters.dlq, "alerts": channels.logic_dead_letters.alerts}
     for name, records in out.items():
         async def capture(*, key: str, value: bytes, _records: list = records, **_: Any) -> None:
             _records.append((key, value))
 
-        monkeypatch.setattr(getattr(channels, name), "send", capture)
+        monkeypatch.setattr(targets[name], "send", capture)
     return out
 
 
@@ -59,7 +62,7 @@ async def test_group_and_system_messages_go_to_the_group_topic_keyed_by_group(se
     assert sent["user"] == [] and sent["task"] == []
 
 
-async def test_bad_records_are_counted_and_do_not_stop_the_stream(sent: dict[str, list]) -> None:
+async def test_bad_records_are_dead_lettered_and_do_not_stop_the_stream(sent: dict[str, list]) -> None:
     before = _rejected("malformed_json"), _rejected("unknown_type"), _rejected("unroutable")
     async with route_upstream.test_context() as agent:
         await agent.put(b"{oops")
@@ -71,3 +74,8 @@ async def test_bad_records_are_counted_and_do_not_stop_the_stream(sent: dict[str
     assert sent["group"] == []
     after = _rejected("malformed_json"), _rejected("unknown_type"), _rejected("unroutable")
     assert [a - b for a, b in zip(after, before)] == [1, 1, 2]
+    letters = [json.loads(v) for _, v in sent["dlq"]]
+    assert [d["reason"] for d in letters] == ["malformed_json", "unknown_type", "unroutable", "unroutable"]
+    assert base64.b64decode(letters[0]["value_b64"]) == b"{oops"
+    assert all(d["service"] == "logic" and d["retry_count"] == 0 for d in letters)
+    assert [json.loads(v)["reason"] for _, v in sent["alerts"]] == [d["reason"] for d in letters]

@@ -1,0 +1,135 @@
+"""Dead letters: bad records never stop a partition; failing tasks are retried, buried, replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gochat_streams import topics
+from gochat_streams.codecs import encode
+from gochat_streams.models import PersistMessagePayload, PersistMessageTask, UpstreamMessage
+from gochat_streams.store import open_store
+
+from ..pg import Postgres
+from .conftest import WAIT_S, Cluster, consume_all, produce
+
+pytestmark = pytest.mark.integration
+
+RECIPIENTS = [f"r{i}" for i in range(10)]
+
+
+def _good(i: int) -> tuple[str, bytes]:
+    message = UpstreamMessage(
+        message_id=f"good-{i:04d}", from_user_id="sender", to_user_id=RECIPIENTS[i % len(RECIPIENTS)],
+        conversation_id="c", content=f"good {i}", message_type="text", timestamp=i, gateway_id="gw1",
+    )
+    return "sender", encode(message)
+
+
+def _bad(i: int) -> tuple[str, bytes, str]:
+    """One of six kinds of bad record, and the reason it must be dead-lettered with."""
+    valid = json.loads(_good(i)[1])
+    kinds = [
+        (b"\xff\xfe not json", "malformed_json"),
+        (json.dumps({**valid, "timestamp": "yesterday"}).encode(), "invalid_schema"),
+        (json.dumps({**valid, "message_type": "video"}).encode(), "unknown_type"),
+        (json.dumps({**valid, "content": "x" * 10_001}).encode(), "oversize"),
+        (json.dumps({k: v for k, v in valid.items() if k != "message_id"}).encode(), "missing_field"),
+        (json.dumps({**valid, "message_type": "system_group",
+                     "metadata": {"action": "join", "group_id": "g"}}).encode(), "unroutable"),
+    ]
+    value, reason = kinds[i % len(kinds)]
+    return "sender", value, reason
+
+
+async def test_a_thousand_poison_pills_among_a_thousand_good_messages(cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    clients = {user: await connect(gw, user) for user in RECIPIENTS}
+    s = cluster.settings
+
+    records, expected_reasons = [], Counter()
+    for i in range(1000):
+        records.append(_good(i))
+        key, value, reason = _bad(i)
+        records.append((key, value))
+        expected_reasons[reason] += 1
+    await produce(s, topics.upstream(s).name, records)
+
+    # Every good message reaches its recipient, in the order it was sent.
+    received = await asyncio.gather(*(clients[u].messages(100, ack=True) for u in RECIPIENTS))
+    for user, messages in zip(RECIPIENTS, received):
+        assert [m["message_id"] for m in messages] == [f"good-{i:04d}" for i in range(1000)
+                                                        if RECIPIENTS[i % len(RECIPIENTS)] == user]
+
+    letters = [json.loads(r.value) for r in await consume_all(
+        s, [topics.upstream_dlq(s).name], lambda rs: len(rs) >= 1000)]
+    assert len(letters) == 1000
+    assert Counter(d["reason"] for d in letters) == expected_reasons
+    bad_values = {_bad(i)[1] for i in range(1000)}
+    assert all(base64.b64decode(d["value_b64"]) in bad_values for d in letters)
+    assert all(d["source_topic"] == topics.upstream(s).name and d["service"] == "logic" for d in letters)
+    alerts = await consume_all(s, [topics.alert(s).name], lambda rs: len(rs) >= 1000)
+    assert Counter(json.loads(r.value)["reason"] for r in alerts) == expected_reasons
+    # The worker never restarted: one start, no crashed agent.
+    log = (cluster.stack.log_dir / "w1.log").read_text(errors="replace")
+    assert log.count("[^Worker]: Ready") == 1 and "crashed" not in log.lower()
+
+
+def _dead_letters_cli(cluster: Cluster, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "gochat_streams", "dead-letters", *args],
+                          env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_a_failing_task_is_retried_buried_and_replayed_once_the_fault_is_fixed(cluster: Cluster) -> None:
+    postgres = Postgres(cluster.root)
+    postgres.start()
+    try:
+        cluster.env["GOCHAT_STORE_URL"] = postgres.dsn
+        cluster.start_task_worker()
+        s = cluster.settings
+        task = PersistMessageTask(
+            task_id="persist:during-outage", timestamp=1,
+            payload=PersistMessagePayload(message_id="during-outage", conversation_id="c1", from_user_id="a",
+                                          to_user_id="b", content="stored at last", message_type="text",
+                                          timestamp=1),
+        )
+        postgres.stop()  # the fault
+        await produce(s, topics.task(s).name, [("persist_message", encode(task))])
+        [letter] = [json.loads(r.value) for r in await consume_all(
+            s, [topics.task_dlq(s).name], lambda rs: len(rs) >= 1)]
+        assert (letter["service"], letter["reason"], letter["retry_count"]) == ("task", "handler_failed", 3)
+        assert base64.b64decode(letter["value_b64"]) == encode(task)
+        [alert] = [json.loads(r.value) for r in await consume_all(s, [topics.alert(s).name], lambda rs: len(rs) >= 1)]
+        assert (alert["service"], alert["reason"], alert["offset"]) == ("task", "handler_failed", letter["offset"])
+        log = (cluster.stack.log_dir / "tasks.log").read_text(errors="replace")
+        assert log.count("persisting 1 messages failed") == 3
+
+        postgres.start()  # the fix
+        [listed] = [json.loads(line) for line in _dead_letters_cli(cluster, "--service", "task").splitlines()]
+        assert listed["reason"] == "handler_failed" and listed["source_topic"] == topics.task(s).name
+        _dead_letters_cli(cluster, "--service", "task", "--replay", listed["position"])
+
+        store = await open_store(postgres.dsn)
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while not await store.count("during-outage"):
+                    await asyncio.sleep(0.2)
+            assert [m.content for m in await store.recent("c1", 10)] == ["stored at last"]
+        finally:
+            await store.close()
+    finally:
+        with contextlib.suppress(RuntimeError):  # already stopped if the test failed during the fault
+            postgres.stop()
+        postgres.remove()
