@@ -41,8 +41,10 @@ class TaskHandlers:
     pusher: Pusher
 
     async def persist(self, tasks: Sequence[PersistMessageTask]) -> None:
-        changed = await self.store.save([t.payload for t in tasks])
-        await self.recent.invalidate(changed)
+        await self.store.save([t.payload for t in tasks])
+        # Every conversation of the batch, not only those save() changed: after a retry
+        # whose save had succeeded and whose invalidation had not, it changes nothing.
+        await self.recent.invalidate(dict.fromkeys(t.payload.conversation_id for t in tasks))
         tasks_done.labels("persist_message").inc(len(tasks))
 
     async def push(self, task: OfflinePushTask) -> None:
