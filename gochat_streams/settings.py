@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     max_frames_burst: int = Field(200, ge=1)
     #: A message_id a socket sends again within this window is acknowledged, not resent.
     resend_window_s: float = Field(60.0, ge=0)
+    #: How long a sender waits for the broker to take a message before an error frame.
+    send_timeout_s: float = Field(10.0, gt=0)
+    #: Messages the gateway may hold for the broker at once; beyond, senders get an
+    #: error frame at once rather than a growing queue.
+    max_unsent: int = Field(10_000, ge=1)
     max_content_chars: int = 10_000
     #: What a browser loads (demo chat, ops page); a checkout's ``web/`` by default.
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"

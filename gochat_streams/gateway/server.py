@@ -48,6 +48,8 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 #: Set once the downstream consumer has its partitions and positions: before that,
 #: with ``auto.offset.reset=latest``, a message for a new socket could be skipped.
 READY = web.AppKey("ready", asyncio.Event)
+#: Messages handed to the producer and not yet acknowledged by the broker.
+UNSENT = web.AppKey("unsent", asyncio.Semaphore)
 STORE = web.AppKey("store", MessageStore)
 RECENT = web.AppKey("recent", RecentMessages)
 
@@ -66,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[HUB] = Hub()
     app[READY] = asyncio.Event()
+    app[UNSENT] = asyncio.Semaphore(settings.max_unsent)
     app.cleanup_ctx.append(_history_clients)
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_close_sockets)
@@ -319,12 +322,21 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
         messages_deduplicated.labels("gateway").inc()
         await ws.send_json({"type": "ack", "message_id": message.message_id})
         return
+    unsent = app[UNSENT]
+    if unsent.locked():
+        await _error(ws, "broker_unavailable", f"{s.max_unsent} messages are waiting for the broker; try again",
+                     message.message_id)
+        return
     conn.remember_sent(message.message_id)
     try:
-        await app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
-    except KafkaError as exc:
-        conn.forget_sent(message.message_id)  # so that the client's resend is tried again
-        await _error(ws, "broker_unavailable", f"message not accepted: {exc}", message.message_id)
+        async with unsent:
+            send = app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
+            await asyncio.wait_for(send, s.send_timeout_s)
+    except (KafkaError, TimeoutError) as exc:
+        # The client may resend; if the broker took this one after all, the logic
+        # service's dedup drops the copy.
+        conn.forget_sent(message.message_id)
+        await _error(ws, "broker_unavailable", f"message not accepted: {exc!r}", message.message_id)
         return
     await ws.send_json({"type": "ack", "message_id": message.message_id})
 
