@@ -15,7 +15,9 @@ from .models import (
     TASK_ADAPTER,
     USER_EVENT_ADAPTER,
     ClientFrame,
+    DeadLetter,
     DownstreamMessage,
+    Refusal,
     Task,
     UpstreamMessage,
     UserEvent,
@@ -26,6 +28,8 @@ DecodeReason = Literal["malformed_json", "invalid_schema", "unknown_type", "miss
 _M = TypeVar("_M")
 _UPSTREAM_ADAPTER: TypeAdapter[UpstreamMessage] = TypeAdapter(UpstreamMessage)
 _DOWNSTREAM_ADAPTER: TypeAdapter[DownstreamMessage] = TypeAdapter(DownstreamMessage)
+_REFUSAL_ADAPTER: TypeAdapter[Refusal] = TypeAdapter(Refusal)
+_DEAD_LETTER_ADAPTER: TypeAdapter[DeadLetter] = TypeAdapter(DeadLetter)
 #: A record larger than this is refused before it is parsed.
 MAX_RECORD_BYTES = 1024 * 1024
 
@@ -80,6 +84,14 @@ def decode_upstream(data: bytes, *, max_content_chars: int) -> UpstreamMessage:
 
 def decode_downstream(data: bytes) -> DownstreamMessage:
     return decode(_DOWNSTREAM_ADAPTER, data)
+
+
+def decode_refusal(data: bytes) -> Refusal:
+    return decode(_REFUSAL_ADAPTER, data)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return decode(_DEAD_LETTER_ADAPTER, data)
 
 
 def decode_client_frame(data: str | bytes, *, max_bytes: int) -> ClientFrame:

@@ -13,6 +13,7 @@ from faust.cli import option
 
 from . import topics
 from .app import app, settings
+from .codecs import decode_dead_letter
 from .gateway.tokens import issue_token
 from .kafka import client_kwargs, producer_kwargs
 from .models import DeadLetter
@@ -55,7 +56,7 @@ async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLett
         while batches := await consumer.getmany(timeout_ms=int(_QUIET_S * 1000)):
             for records in batches.values():
                 for r in records:
-                    letters.append((f"{r.partition}:{r.offset}", DeadLetter.model_validate_json(r.value)))
+                    letters.append((f"{r.partition}:{r.offset}", decode_dead_letter(r.value)))
         return letters
     finally:
         await consumer.stop()

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 #: Message ids a socket sent that the gateway remembers: to keep echoes and refusals
 #: of a message away from / addressed to the socket that sent it, and to drop a resend.
 _SENT_REMEMBERED = 1024
+#: Pushed-and-unacknowledged entries a socket keeps: a client that never acks must not
+#: grow the gateway without bound (an entry dropped here comes again on reconnect).
+_UNACKED_KEPT = 10_000
 
 
 class TokenBucket:
@@ -70,6 +73,8 @@ class Connection:
             return False
         if message_id is not None and seq is not None:
             self.unacked[message_id] = seq
+            if len(self.unacked) > _UNACKED_KEPT:
+                del self.unacked[next(iter(self.unacked))]
         return True
 
 

@@ -27,12 +27,12 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
 from .. import topics
-from ..codecs import DecodeError, decode, decode_client_frame, decode_downstream, encode
+from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..compat.aiokafka import track_topic
 from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
 from ..metrics import messages_deduplicated, reject
-from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, Refusal, SendFrame, UpstreamMessage, now_ms
+from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.common import Id
 from ..routing import addressing_error
 from ..settings import Settings
@@ -54,7 +54,6 @@ STORE = web.AppKey("store", MessageStore)
 RECENT = web.AppKey("recent", RecentMessages)
 
 _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
-_REFUSAL_ADAPTER: TypeAdapter[Refusal] = TypeAdapter(Refusal)
 
 _ERROR_CODES: dict[str, ErrorCode] = {
     "malformed_json": "malformed_json",
@@ -186,7 +185,7 @@ async def _bounce(app: web.Application, user_id: str, message_id: str, seq: int,
 
 async def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
     try:
-        refusal = decode(_REFUSAL_ADAPTER, raw)
+        refusal = decode_refusal(raw)
     except DecodeError as exc:
         reject("downstream", exc.reason, exc.detail)
         return
