@@ -13,9 +13,12 @@ entries go to that socket alone, in order, and every later message goes to all t
 user's sockets: as both happen in partition order, the new socket misses nothing and
 gets nothing twice.
 
-Dedup: a message (sender, message_id) already delivered to a user within
-``dedup_ttl_s`` is dropped, whether a client resent it or a crash replayed it
-(tables/dedup.py).
+Dedup: a message (sender, message_id) delivered to a user within ``dedup_ttl_s`` is
+not kept again, whether a client resent it or a crash replayed it (tables/dedup.py).
+If its inbox entry is still pending, it is pushed again with the same seq: a worker
+killed after keeping a message may not have pushed it, and Faust has no transaction
+to tie the table's changelog to the push. The gateway drops the copy on a socket that
+already has it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from ..metrics import messages_deduplicated, messages_routed
 from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
 from ..outbox import Outgoing
 from ..routing import gateways_for, offline_push_task
-from ..tables.dedup import already_delivered, delivered, delivered_log, delivery_key, remember
-from ..tables.inbox import Cursor, inbox, inbox_cursors, inbox_key
+from ..tables.dedup import delivered_mark, mark_key, remember
+from ..tables.inbox import Cursor, cursor_key, entry_key, inbox
 from ..tables.presence import presence, with_connection, without_connection, without_stale
 from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
 
@@ -60,12 +63,12 @@ def _on_presence(change: PresenceChange) -> list[Outgoing]:
 
 def _sync(change: PresenceChange) -> list[Outgoing]:
     """The user's pending inbox entries, oldest first, for the socket that just connected."""
-    cursor: Cursor | None = inbox_cursors.get(change.user_id)
+    cursor: Cursor | None = inbox.get(cursor_key(change.user_id))
     if cursor is None:
         return []
     out = []
     for seq in range(cursor["floor"], cursor["next"]):
-        entry = inbox.get(inbox_key(change.user_id, seq))
+        entry = inbox.get(entry_key(change.user_id, seq))
         if entry is not None:
             headers = {DOWNSTREAM_SEQ: str(seq).encode(), DOWNSTREAM_CONNECTION: change.connection_id.encode()}
             out.append(_push(change.gateway_id, change.user_id, _encode_entry(entry), headers))
@@ -78,18 +81,23 @@ def _encode_entry(entry: Mapping[str, Any]) -> bytes:
     return encode(DownstreamMessage.model_construct(**entry))
 
 
-def _keep(user_id: str, message: DownstreamMessage) -> int:
-    """Put the message in the user's inbox; its sequence number."""
-    cursor: Cursor = inbox_cursors.get(user_id) or {"next": 1, "floor": 1}
+def _keep(user_id: str, message: DownstreamMessage, mark: str, now: int, ttl: int) -> int:
+    """Put the message in the user's inbox and mark it delivered; its sequence number.
+
+    Written in this order (entry, mark, cursor), which the changelog keeps: a mark
+    found after a crash always has its entry, and _on_delivery mends the cursor.
+    """
+    cursor: Cursor = inbox.get(cursor_key(user_id)) or {"next": 1, "floor": 1}
     seq = cursor["next"]
-    inbox[inbox_key(user_id, seq)] = message.model_dump(mode="json")
+    inbox[entry_key(user_id, seq)] = message.model_dump(mode="json")
+    remember(inbox, user_id, mark, seq, now, ttl)
     floor = cursor["floor"]
     while seq + 1 - floor > settings.inbox_max_pending:
         # Oldest first out: the message stays in the store's history.
-        if (stale := inbox_key(user_id, floor)) in inbox:
+        if (stale := entry_key(user_id, floor)) in inbox:
             del inbox[stale]
         floor += 1
-    inbox_cursors[user_id] = {"next": seq + 1, "floor": floor}
+    inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": floor}
     return seq
 
 
@@ -99,13 +107,20 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
     if delivery.echo:
         # The sender's own message, for their other sockets: nothing to sync or push.
         return [_push(gateway_id, user_id, encode(message)) for gateway_id in gateways]
-    key = delivery_key(user_id, message.from_user_id, message.message_id)
+    key = mark_key(user_id, message.from_user_id, message.message_id)
     now, ttl = now_ms(), settings.dedup_ttl_s * 1000
-    if already_delivered(delivered, key, now, ttl):
+    mark = delivered_mark(inbox, key, now, ttl)
+    if mark is None:
+        seq = _keep(user_id, message, key, now, ttl)
+    else:
         messages_deduplicated.labels("logic").inc()
-        return []
-    remember(delivered, delivered_log, user_id, key, now, ttl)
-    seq = _keep(user_id, message)
+        seq = mark["seq"]
+        cursor: Cursor | None = inbox.get(cursor_key(user_id))
+        if cursor is None or cursor["next"] <= seq:  # killed between mark and cursor
+            inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": cursor["floor"] if cursor else 1}
+        entry = inbox.get(entry_key(user_id, seq))
+        if entry is None or entry["message_id"] != message.message_id:
+            return []  # acknowledged, or dropped from a full inbox
     if gateways:
         headers = {DOWNSTREAM_SEQ: str(seq).encode()}
         value = encode(message)
@@ -121,18 +136,18 @@ def _offline(user_id: str, message: DownstreamMessage) -> Outgoing:
 
 
 def _on_ack(ack: Ack) -> list[Outgoing]:
-    key = inbox_key(ack.user_id, ack.seq)
+    key = entry_key(ack.user_id, ack.seq)
     entry = inbox.get(key)
     if entry is None or entry["message_id"] != ack.message_id:
         return []  # acknowledged before, or dropped from a full inbox
     del inbox[key]
-    cursor: Cursor | None = inbox_cursors.get(ack.user_id)
+    cursor: Cursor | None = inbox.get(cursor_key(ack.user_id))
     if cursor is None or ack.seq != cursor["floor"]:
         return []
     floor = cursor["floor"] + 1
-    while floor < cursor["next"] and inbox_key(ack.user_id, floor) not in inbox:
+    while floor < cursor["next"] and entry_key(ack.user_id, floor) not in inbox:
         floor += 1
-    inbox_cursors[ack.user_id] = {"next": cursor["next"], "floor": floor}
+    inbox[cursor_key(ack.user_id)] = {"next": cursor["next"], "floor": floor}
     return []
 
 
@@ -144,7 +159,7 @@ def _on_bounce(bounce: Bounce) -> list[Outgoing]:
     """
     connections = without_stale(presence.get(bounce.user_id), bounce.gateway_id, bounce.timestamp)
     _store_presence(bounce.user_id, connections)
-    entry = inbox.get(inbox_key(bounce.user_id, bounce.seq))
+    entry = inbox.get(entry_key(bounce.user_id, bounce.seq))
     if entry is None or entry["message_id"] != bounce.message_id or gateways_for(connections):
         return []
     return [_offline(bounce.user_id, DownstreamMessage.model_construct(**entry))]

@@ -1,11 +1,23 @@
-"""Each user's inbox: the messages delivered to them and not yet acknowledged.
+"""Each user's delivery state, in one table so that its writes stay in order.
 
-``inbox_cursors``: user_id -> ``{"next": seq to assign, "floor": lowest seq that may
-still be pending}``. ``inbox``: ``"{user_id}/{seq}"`` -> the DownstreamMessage as a
-dict. Sequence numbers are per user and only grow, so reconnect sync reads
-``floor..next-1`` in order. Both are written only by agents/delivery.py from
-``im-user-topic``, so they are partitioned like it (read them only there), and they
-live in changelogs, so a restart of every process keeps them.
+``inbox`` holds, per user, four kinds of keys (ids cannot contain "/" or "#",
+models/common.py, so they cannot collide):
+
+- ``"{user}"`` -> ``{"next": seq to assign, "floor": lowest seq that may be pending}``
+- ``"{user}/{seq}"`` -> an unacknowledged DownstreamMessage, as a dict
+- ``"{user}/{sender}/{message_id}"`` -> ``{"at": ms, "seq": n}``: delivered (tables/dedup.py)
+- ``"{user}#"``, ``"{user}#{n}"``: the delivered marks' expiry log (tables/dedup.py)
+
+Why one table: Faust writes a table's changelog on the partition of the event being
+handled, and the producer keeps one partition's records in order. One event's writes
+to one table therefore reach the changelog as a prefix of what was written: a worker
+killed half-way leaves an entry without its mark, never a mark without its entry.
+agents/delivery.py relies on that when a crash makes it handle a record again.
+
+Sequence numbers are per user and only grow, so reconnect sync reads
+``floor..next-1`` in order. Written only by agents/delivery.py from ``im-user-topic``,
+so the table is partitioned like it (read it only there), and it lives in a
+changelog, so a restart of every process keeps it.
 """
 
 from __future__ import annotations
@@ -21,23 +33,18 @@ class Cursor(TypedDict):
     floor: int
 
 
-inbox_cursors = app.Table(
-    "inbox_cursors",
-    default=None,
-    key_type=str,
-    partitions=user(settings).partitions,
-    help="user_id -> {next, floor}: the user's inbox sequence numbers",
-)
-
 inbox = app.Table(
     "inbox",
     default=None,
-    key_type=str,
+    key_type=bytes,  # raw: Faust's router (/table/ views) hashes it like the records' keys
     partitions=user(settings).partitions,
-    help="user_id/seq -> an unacknowledged message for reconnect sync",
+    help="user -> {next, floor}; user/seq -> pending message; user/sender/message_id -> delivered mark",
 )
 
 
-def inbox_key(user_id: str, seq: int) -> str:
-    # Ids cannot contain "/" (models/common.py), so the key is unambiguous.
+def cursor_key(user_id: str) -> str:
+    return user_id
+
+
+def entry_key(user_id: str, seq: int) -> str:
     return f"{user_id}/{seq}"
