@@ -59,24 +59,41 @@ class DeadLetters:
         raw_key = message.key
         key = raw_key.decode(errors="replace") if isinstance(raw_key, bytes) else raw_key
         raw_value = message.value if isinstance(message.value, bytes) else str(message.value).encode()
-        letter = DeadLetter(
-            service=self.service, source_topic=message.topic, partition=message.partition, offset=message.offset,
-            key=key, value_b64=base64.b64encode(raw_value).decode(), reason=reason, detail=detail[:2000],
-            retry_count=retry_count, failed_at=now_ms(),
-        )
-        alert = Alert(service=self.service, reason=reason, summary=f"{where}: {detail[:300]}",
-                      source_topic=message.topic, partition=message.partition, offset=message.offset, at=now_ms())
+        letter, alert = dead_letter(self.service, where, message.topic, message.partition, message.offset, key,
+                                    raw_value, reason, detail, retry_count)
         await self.dlq.send(key=raw_key, value=encode(letter))
         await self.alerts.send(key=reason, value=encode(alert))
-        records_rejected.labels(where, reason).inc()
-        dead_letters.labels(self.service, reason).inc()
-        log.error("ALERT dead letter from %s[%s]@%s (%s): %s", message.topic, message.partition, message.offset,
-                  reason, detail)
+        buried(letter, where)
 
 
-async def retrying(handle: Callable[[], Awaitable[object]], *, attempts: int, backoff_s: float,
-                   what: str) -> BaseException | None:
-    """Run ``handle`` up to ``attempts`` times; None once it succeeds, else the last error."""
+def dead_letter(service: Service, where: str, topic: str, partition: int, offset: int, key: str | None,
+                value: bytes, reason: str, detail: str, retry_count: int) -> tuple[DeadLetter, Alert]:
+    """The dead letter of a record, and the alert it raises."""
+    now = now_ms()
+    letter = DeadLetter(
+        service=service, source_topic=topic, partition=partition, offset=offset, key=key,
+        value_b64=base64.b64encode(value).decode(), reason=reason, detail=detail[:2000], retry_count=retry_count,
+        failed_at=now,
+    )
+    alert = Alert(service=service, reason=reason, summary=f"{where}: {detail[:300]}", source_topic=topic,
+                  partition=partition, offset=offset, at=now)
+    return letter, alert
+
+
+def buried(letter: DeadLetter, where: str) -> None:
+    """Count and log a dead letter once it is on its topic."""
+    records_rejected.labels(where, letter.reason).inc()
+    dead_letters.labels(letter.service, letter.reason).inc()
+    log.error("ALERT dead letter from %s[%s]@%s (%s): %s", letter.source_topic, letter.partition, letter.offset,
+              letter.reason, letter.detail)
+
+
+async def retrying(handle: Callable[[], Awaitable[object]], *, attempts: int, backoff_s: float, what: str,
+                   not_retried: tuple[type[Exception], ...] = ()) -> BaseException | None:
+    """Run ``handle`` up to ``attempts`` times; None once it succeeds, else the last error.
+
+    ``not_retried``: errors a retry cannot mend (bad input); they are raised at once.
+    """
     error: BaseException | None = None
     for attempt in range(attempts):
         if attempt:
@@ -84,6 +101,8 @@ async def retrying(handle: Callable[[], Awaitable[object]], *, attempts: int, ba
         try:
             await handle()
             return None
+        except not_retried:
+            raise
         except Exception as exc:  # any failure of a handler is retried, then dead-lettered
             error = exc
             log.warning("%s failed (attempt %d of %d): %r", what, attempt + 1, attempts, exc)

@@ -41,6 +41,6 @@ dead_letters = Counter(
 )
 messages_deduplicated = Counter(
     "gochat_messages_deduplicated_total",
-    "Messages dropped as a resend of one already accepted, by where",
+    "Copies dropped, by where: gateway (a client's resend), logic (delivered before), socket (pushed again)",
     ["where"],
 )

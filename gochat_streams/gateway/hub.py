@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..metrics import messages_deduplicated
+
 log = logging.getLogger(__name__)
 
 #: Message ids a socket sent that the gateway remembers: to keep echoes and refusals
@@ -17,6 +19,10 @@ _SENT_REMEMBERED = 1024
 #: Pushed-and-unacknowledged entries a socket keeps: a client that never acks must not
 #: grow the gateway without bound (an entry dropped here comes again on reconnect).
 _UNACKED_KEPT = 10_000
+#: Messages (sender/message_id) a socket was pushed that the gateway remembers, to drop
+#: a copy: the logic service pushes again what a crash or a resend makes it handle
+#: twice, and that happens within the seconds since its last commit.
+_PUSHED_REMEMBERED = 4096
 
 
 class TokenBucket:
@@ -46,6 +52,8 @@ class Connection:
     unacked: dict[str, int] = field(default_factory=dict)
     #: message_id -> when this socket sent it (monotonic seconds).
     _sent: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    #: "sender/message_id" of the messages pushed here, oldest first.
+    _pushed: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def remember_sent(self, message_id: str) -> None:
         self._sent[message_id] = time.monotonic()
@@ -63,7 +71,24 @@ class Connection:
         at = self._sent.get(message_id)
         return at is not None and time.monotonic() - at <= window_s
 
-    async def send(self, frame: str, message_id: str | None = None, seq: int | None = None) -> bool:
+    async def push(self, frame: str, sender: str, message_id: str, seq: int | None) -> bool:
+        """Push a message frame unless this socket has it; whether the socket has it now."""
+        key = f"{sender}/{message_id}"
+        if key in self._pushed:
+            messages_deduplicated.labels("socket").inc()
+            return True
+        if not await self.send(frame):
+            return False
+        self._pushed[key] = None
+        if len(self._pushed) > _PUSHED_REMEMBERED:
+            self._pushed.popitem(last=False)
+        if seq is not None:
+            self.unacked[message_id] = seq
+            if len(self.unacked) > _UNACKED_KEPT:
+                del self.unacked[next(iter(self.unacked))]
+        return True
+
+    async def send(self, frame: str) -> bool:
         if self.ws.closed:
             return False
         try:
@@ -71,10 +96,6 @@ class Connection:
         except ConnectionError as exc:
             log.info("socket of %s went away during push: %s", self.user_id, exc)
             return False
-        if message_id is not None and seq is not None:
-            self.unacked[message_id] = seq
-            if len(self.unacked) > _UNACKED_KEPT:
-                del self.unacked[next(iter(self.unacked))]
         return True
 
 

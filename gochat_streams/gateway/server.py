@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..compat.aiokafka import track_topic
+from ..deadletters import buried, dead_letter, retrying
 from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
 from ..metrics import messages_deduplicated, reject
@@ -95,7 +96,7 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     await topics.ensure_topics(s, [*topics.core(s), topics.downstream(s, s.gateway_id)])
     producer = AIOKafkaProducer(**producer_kwargs(s))
     await producer.start()
-    for topic in (topics.upstream(s).name, topics.user(s).name):
+    for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
     app[PRODUCER] = producer
     consumer = asyncio.create_task(_consume_downstream(app), name="downstream-consumer")
@@ -131,28 +132,64 @@ async def _consume_downstream(app: web.Application) -> None:
                 log.info("gateway %s ready: consuming %s", s.gateway_id, sorted(consumer.assignment()))
             for records in batches.values():
                 for record in records:
-                    await _on_downstream(app, record)
+                    await _handle_downstream(app, record)
     finally:
         await consumer.stop()
+
+
+class _BadRecord(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+async def _handle_downstream(app: web.Application, record: ConsumerRecord) -> None:
+    """Push a record, retrying a failure; what cannot be pushed is dead-lettered, and the next record follows."""
+    s = app[SETTINGS]
+    retry_count = 0
+    try:
+        try:
+            failure = await retrying(lambda: _on_downstream(app, record), attempts=s.max_attempts,
+                                     backoff_s=s.retry_backoff_s, what=f"pushing {record.topic}@{record.offset}",
+                                     not_retried=(_BadRecord,))
+        except _BadRecord as exc:
+            reason, detail = exc.reason, str(exc)
+        else:
+            if failure is None:
+                return
+            reason, detail, retry_count = "processing_error", repr(failure), s.max_attempts
+        await _bury(app, record, reason, detail, retry_count)
+    except Exception:  # the consumer must outlive any one record; the inbox keeps the message
+        log.exception("downstream record %s[%s]@%s dropped", record.topic, record.partition, record.offset)
+
+
+async def _bury(app: web.Application, record: ConsumerRecord, reason: str, detail: str, retry_count: int) -> None:
+    s = app[SETTINGS]
+    key = record.key.decode(errors="replace") if record.key is not None else None
+    letter, alert = dead_letter("gateway", "downstream", record.topic, record.partition, record.offset, key,
+                                record.value or b"", reason, detail, retry_count)
+    producer = app[PRODUCER]
+    await producer.send_and_wait(topics.upstream_dlq(s).name, key=record.key, value=encode(letter))
+    await producer.send_and_wait(topics.alert(s).name, key=reason.encode(), value=encode(alert))
+    buried(letter, "downstream")
 
 
 async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     """Push one downstream record to the sockets its key and headers name."""
     headers = dict(record.headers)
     if not record.key or not record.value:
-        reject("downstream", "missing_field", f"offset {record.offset}: record without key or value")
-        return
-    user_id = record.key.decode()
+        raise _BadRecord("missing_field", "record without key or value")
+    user_id = record.key.decode(errors="replace")
     if headers.get(topics.DOWNSTREAM_KIND) == b"error":
         await _push_refusal(app[HUB], user_id, record.value)
         return
     try:
         message = decode_downstream(record.value)
         seq = int(headers[topics.DOWNSTREAM_SEQ]) if topics.DOWNSTREAM_SEQ in headers else None
-    except (DecodeError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, DecodeError) else "invalid_schema"
-        reject("downstream", reason, f"offset {record.offset}: {exc}")
-        return
+    except DecodeError as exc:
+        raise _BadRecord(exc.reason, exc.detail) from None
+    except ValueError as exc:
+        raise _BadRecord("invalid_schema", f"{topics.DOWNSTREAM_SEQ}: {exc}") from None
     # The record is already the downstream JSON: wrap it rather than re-serialise it.
     frame = '{"type":"message","message":' + record.value.decode() + "}"
     hub = app[HUB]
@@ -160,7 +197,7 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     if target is not None:
         # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
         if (conn := hub.connection(user_id, target.decode())) is not None:
-            await conn.send(frame, message.message_id, seq)
+            await conn.push(frame, message.from_user_id, message.message_id, seq)
         return
     checked_at = now_ms()
     connections = hub.connections(user_id)
@@ -168,9 +205,9 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         # An echo of the user's own message: for their other sockets, not the sender's.
         for conn in connections:
             if not conn.sent(message.message_id):
-                await conn.send(frame)
+                await conn.push(frame, message.from_user_id, message.message_id, None)
         return
-    pushed = [await conn.send(frame, message.message_id, seq) for conn in connections]
+    pushed = [await conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
     if not any(pushed):
         await _bounce(app, user_id, message.message_id, seq, checked_at)
 
@@ -187,8 +224,7 @@ async def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
     try:
         refusal = decode_refusal(raw)
     except DecodeError as exc:
-        reject("downstream", exc.reason, exc.detail)
-        return
+        raise _BadRecord(exc.reason, exc.detail) from None
     frame = json.dumps({"type": "error", "code": refusal.code, "detail": refusal.detail,
                         "message_id": refusal.message_id})
     connections = hub.connections(user_id)

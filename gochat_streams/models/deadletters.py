@@ -6,7 +6,7 @@ from typing import Literal
 
 from .common import Model, TimestampMs
 
-Service = Literal["logic", "task"]
+Service = Literal["logic", "task", "gateway"]
 
 
 class DeadLetter(Model):

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gochat_streams import topics
-from gochat_streams.codecs import encode
+from gochat_streams.codecs import decode_dead_letter, encode
 from gochat_streams.models import PersistMessagePayload, PersistMessageTask, UpstreamMessage
 from gochat_streams.store import open_store
 
@@ -133,3 +133,22 @@ async def test_a_failing_task_is_retried_buried_and_replayed_once_the_fault_is_f
         with contextlib.suppress(RuntimeError):  # already stopped if the test failed during the fault
             postgres.stop()
         postgres.remove()
+
+
+async def test_a_gateway_buries_what_it_cannot_push_and_pushes_the_rest(cluster: Cluster, connect: Any) -> None:
+    gw = cluster.start_gateway("gw1")
+    bob = await connect(gw, "bob")
+    s = cluster.settings
+    downstream = topics.downstream(s, "gw1").name
+    good = {k: v for k, v in json.loads(_good(1)[1]).items() if k != "gateway_id"} | {"to_user_id": "bob"}
+    bad = [("bob", b"{not json", "malformed_json"),
+           ("bob", json.dumps(good | {"timestamp": "yesterday"}).encode(), "invalid_schema"),
+           ("", b"", "missing_field")]
+    await produce(s, downstream, [(key, value) for key, value, _ in bad] + [("bob", json.dumps(good).encode())])
+
+    # The good record after the bad ones is pushed.
+    assert [m["message_id"] for m in await bob.messages(1)] == ["good-0001"]
+    letters = await consume_all(s, [topics.upstream_dlq(s).name], lambda got: len(got) >= len(bad))
+    buried = [decode_dead_letter(r.value) for r in letters]
+    assert sorted((d.service, d.source_topic, d.reason, d.retry_count, base64.b64decode(d.value_b64))
+                  for d in buried) == sorted(("gateway", downstream, reason, 0, value) for _, value, reason in bad)
