@@ -77,6 +77,6 @@ app = create_app(
     settings,
     topics.logic_group(settings),
     ["gochat_streams.agents.upstream", "gochat_streams.agents.groups", "gochat_streams.agents.delivery",
-     "gochat_streams.tables", "gochat_streams.commands"],
+     "gochat_streams.tables", "gochat_streams.commands", "gochat_streams.views"],
 )
 task_app = create_app(settings, topics.task_group(settings), ["gochat_streams.agents.tasks"])

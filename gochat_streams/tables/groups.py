@@ -12,7 +12,7 @@ from ..topics import group
 groups = app.Table(
     "groups",
     default=None,
-    key_type=str,
+    key_type=bytes,  # raw: Faust's router (/table/ views) hashes it like the records' keys
     partitions=group(settings).partitions,
     help="group_id -> {kind, owner, members} of every group and conversation",
 )

@@ -15,7 +15,7 @@ Connections = dict[str, dict[str, int]]
 presence = app.Table(
     "presence",
     default=None,
-    key_type=str,
+    key_type=bytes,  # raw: Faust's router (/table/ views) hashes it like the records' keys
     partitions=user(settings).partitions,
     help="user_id -> {gateway_id: {connection_id: connected_at_ms}} for every connected user",
 )
