@@ -38,10 +38,14 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
 
 
 def producer_kwargs(s: Settings) -> dict[str, Any]:
-    """acks=all with the spec's compression; aiokafka sends one batch per partition at a time."""
+    """acks=all with the spec's compression; aiokafka sends one batch per partition at a time.
+
+    Idempotent except on the dev broker, which lacks it (compat/tansu.py).
+    """
     return {
         **client_kwargs(s),
         "acks": "all",
+        "enable_idempotence": s.broker_scheme == "kafka",
         "compression_type": None if s.compression == "none" else s.compression,
         "linger_ms": 2,
     }

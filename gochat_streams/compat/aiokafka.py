@@ -8,14 +8,29 @@ untracked one from the cluster view, and its batches wait for a partition leader
 ever. Faust commits only after the producer has flushed, so the worker stalls: seen
 with ``im-user-topic`` batches stuck while 1,000 users joined a group, on any broker.
 This producer tracks each topic before its first send.
+
+It also makes a record the broker never took stop the worker's commits. Faust flushes
+the producer before committing offsets, but a record that failed (aiokafka gives up on
+a batch after ``producer_request_timeout`` without a broker) does not fail the flush,
+so the offset of the event that produced it would be committed and the record lost.
+Here the first failure makes every later flush raise, so no commit passes it, and
+crashes the worker; its partitions are handled again from the last commit (by another
+worker, or by this one once restarted). Where the broker supports it (``kafka://``),
+the producer is idempotent: a retried batch is not written twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger(__name__)
 
 
 def track_topic(producer: AIOKafkaProducer, topic: str) -> None:
@@ -26,9 +41,32 @@ def track_topic(producer: AIOKafkaProducer, topic: str) -> None:
 
 
 class Producer(faust_aiokafka.Producer):
+    #: Whether the broker supports the idempotent producer (KIP-98).
+    idempotent = True
+    #: The first record the broker did not take: from then on nothing is committed.
+    unsent: BaseException | None = None
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "enable_idempotence": self.idempotent}
+
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> Any:
         track_topic(self._ensure_producer(), topic)
-        return await super().send(topic, *args, **kwargs)
+        sent = await super().send(topic, *args, **kwargs)
+        sent.add_done_callback(self._on_sent)
+        return sent
+
+    def _on_sent(self, sent: asyncio.Future) -> None:
+        if sent.cancelled() or (error := sent.exception()) is None or self.unsent is not None:
+            return
+        self.unsent = error
+        log.critical("ALERT the broker did not take a record (%r): no more commits; the worker stops, "
+                     "and its partitions are handled again from the last commit", error)
+        asyncio.ensure_future(self.crash(error))
+
+    async def flush(self) -> None:
+        await super().flush()
+        if self.unsent is not None:
+            raise ProducerSendError(f"a record was not sent: {self.unsent!r}") from self.unsent
 
 
 class Transport(faust_aiokafka.Transport):

@@ -13,6 +13,7 @@ scheme); ``kafka://`` uses compat/aiokafka.py, which this transport extends.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,6 +21,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from . import aiokafka as gochat_aiokafka
+
+log = logging.getLogger(__name__)
 
 #: How long a Fetch may take before the broker is considered unreachable.
 FETCH_TIMEOUT_S = 30.0
@@ -65,5 +68,15 @@ class Consumer(faust_aiokafka.Consumer):
         return {TP(tp.topic, tp.partition): offset for tp, offset in found.items()}
 
 
+class Producer(gochat_aiokafka.Producer):
+    # Tansu has no InitProducerId: retried batches may be written twice (dedup drops the copies).
+    idempotent = False
+
+    async def on_start(self) -> None:
+        log.warning("the broker (Tansu) has no idempotent producer: a retried batch may be written twice")
+        await super().on_start()
+
+
 class Transport(gochat_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
