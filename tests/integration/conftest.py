@@ -58,6 +58,8 @@ class Cluster:
     stack: Stack
     workers: dict[str, Any] = field(default_factory=dict)
     gateways: dict[str, Any] = field(default_factory=dict)
+    #: Each worker's web port (Faust's views, and ours in gochat_streams/views.py).
+    web_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:
@@ -66,8 +68,16 @@ class Cluster:
     def start_worker(self, name: str = "w1") -> None:
         data_dir = self.root / name
         data_dir.mkdir(exist_ok=True)
-        self.workers[name] = self.stack.start_worker(name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, free_port())
-        self.wait_for_log(name, "[^Worker]: Ready")
+        port = self.web_ports[name] = free_port()
+        ready = self._log_count(name, "[^Worker]: Ready")
+        self.workers[name] = self.stack.start_worker(name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, port)
+        self.wait_for_log(name, "[^Worker]: Ready", occurrences=ready + 1)
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL: no commit, no flush, no goodbye to the consumer group."""
+        proc = self.workers.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def start_task_worker(self, name: str = "tasks") -> None:
         data_dir = self.root / name
@@ -101,13 +111,16 @@ class Cluster:
     def wait_for_log(self, name: str, text: str, *, occurrences: int = 1) -> None:
         import time
 
-        log = self.stack.log_dir / f"{name}.log"
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            if log.exists() and log.read_text(errors="replace").count(text) >= occurrences:
+            if self._log_count(name, text) >= occurrences:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{name} did not log {text!r} within {WAIT_S}s")
+
+    def _log_count(self, name: str, text: str) -> int:
+        log = self.stack.log_dir / f"{name}.log"
+        return log.read_text(errors="replace").count(text) if log.exists() else 0
 
     def assigned(self, worker: str, topic: str) -> set[int]:
         """The partitions of ``topic`` in the worker's latest assignment, as Faust logged it."""

@@ -1,0 +1,123 @@
+"""kill -9 of a logic worker under load: every message reaches its socket once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import defaultdict
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gochat_streams import topics
+
+from .conftest import WAIT_S, Client, Cluster
+
+pytestmark = pytest.mark.integration
+
+SENDERS = 20
+PER_SENDER = 1000
+RECIPIENTS = 10
+#: Messages received in all before the kill: mid-stream.
+KILL_AFTER = 5000
+
+
+async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Cluster, connect: Any) -> None:
+    # The gateways' per-socket flood limits are not what this test is about.
+    cluster.env.update({"GOCHAT_MAX_FRAMES_PER_S": "100000", "GOCHAT_MAX_FRAMES_BURST": "100000"})
+    cluster.start_worker("w1")
+    cluster.start_worker("w2")
+    gateways = [cluster.start_gateway("gw1"), cluster.start_gateway("gw2")]
+    senders = [await connect(gateways[i % 2], f"sender{i}") for i in range(SENDERS)]
+    # Each recipient gets the messages of two senders, one on each gateway.
+    recipients = [await connect(gateways[i % 2], f"rcpt{i}") for i in range(RECIPIENTS)]
+    expected = {r.user_id: {s.user_id: [f"{s.user_id}-{n}" for n in range(PER_SENDER)]
+                            for j, s in enumerate(senders) if j % RECIPIENTS == i}
+                for i, r in enumerate(recipients)}
+
+    received: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    total, last_progress = 0, time.monotonic()
+    killed = asyncio.Event()
+
+    async def receive(client: Client) -> None:
+        """Every frame until all messages are in and 3 s pass quietly (reading all along keeps the socket alive)."""
+        nonlocal total, last_progress
+        quiet_s = 0.0
+        while quiet_s < 3.0:
+            try:
+                frame = await client.next_frame(timeout=0.5)
+            except TimeoutError:
+                if total >= SENDERS * PER_SENDER:
+                    quiet_s += 0.5
+                assert time.monotonic() - last_progress < 2 * WAIT_S, f"stalled at {total} messages"
+                continue
+            assert frame["type"] == "message", frame
+            message = frame["message"]
+            received[client.user_id][message["from_user_id"]].append(message["message_id"])
+            await client.ack(message["message_id"])
+            total, last_progress, quiet_s = total + 1, time.monotonic(), 0.0
+            if total == KILL_AFTER:
+                cluster.kill_worker("w1")
+                killed.set()
+
+    async def send(client: Client, to: str) -> None:
+        for n in range(PER_SENDER):
+            await client.send(f"{client.user_id}-{n}", to, content=f"{n}")
+        for n in range(PER_SENDER):
+            assert await client.next_frame(timeout=2 * WAIT_S) == {"type": "ack", "message_id": f"{client.user_id}-{n}"}
+
+    async def restart() -> None:
+        await killed.wait()
+        # As if the machine were lost: its tables come back from the changelogs alone.
+        shutil.rmtree(cluster.root / "w1")
+        await asyncio.to_thread(cluster.start_worker, "w1")
+
+    await asyncio.gather(
+        *(receive(r) for r in recipients),
+        *(send(s, f"rcpt{i % RECIPIENTS}") for i, s in enumerate(senders)),
+        restart(),
+    )
+
+    # Exactly once, in each sender's order.
+    got = {user: dict(by_sender) for user, by_sender in received.items()}
+    assert _differences(got, expected) == {}
+    assert got == expected
+
+    # The restarted worker took partitions back, and the tables it serves came from
+    # the changelogs: presence, the delivered marks, and an inbox emptied by the acks.
+    user_topic = topics.user(cluster.settings)
+    assert cluster.assigned("w1", user_topic.name)
+    async with aiohttp.ClientSession() as http:
+        for i, r in enumerate(recipients):
+            state = await _user_state(http, cluster.web_ports["w1"], r.user_id, lambda s: s["inbox"]["pending"] == 0)
+            assert list(state["presence"]) == [f"gw{i % 2 + 1}"]
+            assert state["delivered"]["count"] == 2 * PER_SENDER
+            assert state["inbox"]["cursor"]["next"] == 2 * PER_SENDER + 1
+            # Faust's own view, asked on the other worker, finds the owner too.
+            async with http.get(f"http://127.0.0.1:{cluster.web_ports['w2']}/table/presence/{r.user_id}/") as response:
+                assert list(await response.json()) == [f"gw{i % 2 + 1}"]
+
+
+async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, until: Any) -> dict[str, Any]:
+    """The user's state as the owning worker has it, once ``until(state)`` holds (acks may be in flight)."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            async with http.get(f"http://127.0.0.1:{port}/users/{user_id}/") as response:
+                if response.status == 200 and until(state := await response.json()):
+                    return state
+            await asyncio.sleep(0.5)
+
+
+def _differences(got: dict[str, dict[str, list[str]]], expected: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """Per recipient and sender: how many copies, how many missing, whether out of order."""
+    out: dict[str, Any] = {}
+    for user, by_sender in expected.items():
+        for sender, ids in by_sender.items():
+            seen = got.get(user, {}).get(sender, [])
+            copies, missing = len(seen) - len(set(seen)), len(set(ids) - set(seen))
+            in_order = list(dict.fromkeys(seen)) == [i for i in ids if i in set(seen)]
+            if copies or missing or not in_order:
+                out[f"{user}<-{sender}"] = {"copies": copies, "missing": missing, "in_order": in_order}
+    return out
