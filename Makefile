@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration postgres clean
+.PHONY: run test unit integration test-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,20 +16,26 @@ $(STAMP): setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m gochat_streams.devstack
 
-test: $(STAMP) postgres
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP) test-deps
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP) postgres
+integration: $(STAMP) test-deps
 	$(BIN)/python -m pytest tests/integration
 
-# The PostgreSQL store tests start a throwaway server (tests/pg.py) from Debian's package.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+# Debian packages the tests use: PostgreSQL (tests/pg.py starts a throwaway server),
+# promtool (in prometheus: deploy/prometheus rules), chromium (the ops page).
+test-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -z "$$missing" ] || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql; }
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; }
 
 clean:
-	rm -rf $(VENV) .dev *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .dev *.egg-info .pytest_cache .hypothesis test-artifacts
