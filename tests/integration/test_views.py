@@ -1,0 +1,200 @@
+"""The logic workers' web views (gochat_streams/views.py): either worker answers for any key, as its owner has it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from yarl import URL
+
+from gochat_streams import topics
+from gochat_streams.devstack import free_port
+from gochat_streams.models import now_ms
+
+from .conftest import WAIT_S, Client, Cluster
+
+pytestmark = pytest.mark.integration
+
+WORKERS = ("w1", "w2")
+#: What /ready/ may say while a worker starts (views.py: ready).
+NOT_READY = [{"ready": False, "reason": reason} for reason in ("starting", "rebalancing", "recovering tables")]
+
+
+async def test_views_answer_alike_on_every_worker_for_users_and_groups(cluster: Cluster, connect: Any) -> None:
+    async with aiohttp.ClientSession() as http:
+        # Readiness: asked as soon as a worker's web port opens (Faust starts its web
+        # server before it joins the group), a worker is not ready; once it is, it is.
+        for name in WORKERS:
+            port = _start_worker_unready(cluster, name)
+            assert await _get(http, port, "/ready/") in [(503, body) for body in NOT_READY]
+            cluster.wait_for_log(name, "[^Worker]: Ready")
+        # w2's join made w1 rebalance too: wait until both are through.
+        for name in WORKERS:
+            await _until(http, cluster.web_ports[name], "/ready/", lambda status, _: status == 200)
+
+        # Keys owned by each worker: the raw id hashed like the records that wrote it.
+        s = cluster.settings
+        users = await _one_per_worker(http, cluster, "presence", [f"user{i}" for i in range(100)],
+                                      topics.user(s).partitions)
+        groups = await _one_per_worker(http, cluster, "groups", [f"group{i}" for i in range(100)],
+                                       topics.group(s).partitions)
+        a, b = users["w1"], users["w2"]
+        ga, gb = groups["w1"], groups["w2"]
+        c = next(f"user{i}" for i in range(100) if f"user{i}" not in (a, b))
+
+        gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
+        before_connect = now_ms()
+        alice = await connect(gw1, a)
+        bob = await connect(gw2, b)
+        carol_1 = await connect(gw1, c)
+        # The gateway stamps a connection after the handshake: c's second one is
+        # made once the first is in presence, so that it is the newer one.
+        await _until(http, cluster.web_ports["w1"], f"/users/{c}/", lambda _, state: state["connections"])
+        carol_2 = await connect(gw2, c)
+
+        # Groups: ga (a's, on w1) is created with b, then c joins; gb (b's, on w2) is
+        # created with a and c, then c leaves. Each step is seen before the next.
+        await alice.group_action(f"create-{ga}", ga, "create", member_ids=[b])
+        await _acked(alice, f"create-{ga}")
+        await _received({bob: f"create-{ga}"})
+        await carol_1.group_action(f"join-{ga}", ga, "join")
+        await _acked(carol_1, f"join-{ga}")
+        await _received({alice: f"join-{ga}", bob: f"join-{ga}", carol_2: f"join-{ga}"})
+        await bob.group_action(f"create-{gb}", gb, "create", member_ids=[a, c])
+        await _acked(bob, f"create-{gb}")
+        await _received({alice: f"create-{gb}", carol_1: f"create-{gb}", carol_2: f"create-{gb}"})
+        await carol_1.group_action(f"leave-{gb}", gb, "leave")
+        await _acked(carol_1, f"leave-{gb}")
+        await _received({alice: f"leave-{gb}", bob: f"leave-{gb}", carol_2: f"leave-{gb}"})
+
+        # One message each way between w1's user and w2's, received and not yet acked.
+        # Every socket got messages routed on presence: its connection was stamped by now.
+        before_send = now_ms()
+        await alice.send("to-b", b)
+        await bob.send("to-a", a)
+        await _acked(alice, "to-b")
+        await _acked(bob, "to-a")
+        assert [m["message_id"] for m in await bob.messages(1)] == ["to-b"]
+        assert [m["message_id"] for m in await alice.messages(1)] == ["to-a"]
+        after_receive = now_ms()
+
+        ports = [cluster.web_ports[name] for name in WORKERS]
+
+        # Users: the connections are the presence table's, flattened, oldest first.
+        gateways = {a: ["gw1"], b: ["gw2"], c: ["gw1", "gw2"]}
+        marks = {a: [f"{a}/{c}/join-{ga}", f"{a}/{b}/create-{gb}", f"{a}/{c}/leave-{gb}", f"{a}/{b}/to-a"],
+                 b: [f"{b}/{a}/create-{ga}", f"{b}/{c}/join-{ga}", f"{b}/{c}/leave-{gb}", f"{b}/{a}/to-b"]}
+        for user, expected_gateways in gateways.items():
+            # The acks of what came before the message may still be on their way.
+            await _until(http, ports[0], f"/users/{user}/", lambda _, state: state["inbox"]["pending"] <= 1)
+            answers = [await _get(http, port, f"/users/{user}/") for port in ports]
+            assert answers[0] == answers[1]
+            status, state = answers[0]
+            assert status == 200
+            _, presence = await _get(http, ports[1], f"/table/presence/{user}/")  # Faust's own view
+            assert state["presence"] == presence
+            assert state["connections"] == sorted(
+                ({"gateway_id": gw, "connection_id": cid, "connected_at": at}
+                 for gw, conns in presence.items() for cid, at in conns.items()),
+                key=lambda conn: conn["connected_at"])
+            assert [conn["gateway_id"] for conn in state["connections"]] == expected_gateways
+            assert len({conn["connection_id"] for conn in state["connections"]}) == len(expected_gateways)
+            assert all(before_connect <= conn["connected_at"] <= before_send for conn in state["connections"])
+            if user in marks:  # a and b were sent one message each, not acked; the rest they acked
+                assert state["delivered"] == {"count": 4, "recent": marks[user]}
+                assert state["inbox"] == {"cursor": {"next": 5, "floor": 4}, "pending": 1, "first_pending": 4}
+
+        # Groups: members in the order they joined.
+        expected_groups = {ga: {"group_id": ga, "kind": "group", "owner": a, "members": [a, b, c]},
+                           gb: {"group_id": gb, "kind": "group", "owner": b, "members": [b, a]}}
+        for group_id, expected in expected_groups.items():
+            for port in ports:
+                assert await _get(http, port, f"/groups/{group_id}/") == (200, expected)
+        for port in ports:
+            assert await _get(http, port, "/groups/nogroup/") == (
+                404, {"error": "unknown group", "group_id": "nogroup"})
+
+        # Delivered: pending until the recipient acks, then remembered without the entry.
+        for recipient, sender, message_id in ((bob, a, "to-b"), (alice, b, "to-a")):
+            path = f"/users/{recipient.user_id}/delivered/{sender}/{message_id}/"
+            answers = [await _get(http, port, path) for port in ports]
+            assert answers[0] == answers[1]
+            status, mark = answers[0]
+            assert status == 200
+            at = mark.pop("at")
+            assert before_send <= at <= after_receive
+            assert mark == {"delivered": True, "seq": 4, "pending": True}
+            await recipient.ack(message_id)
+            for port in ports:
+                assert await _until(http, port, path, lambda _, body: not body["pending"]) == (
+                    200, {"delivered": True, "at": at, "seq": 4, "pending": False})
+            for unknown in (f"{sender}/nope", f"{c}/{message_id}"):  # another id; the same id from another sender
+                for port in ports:
+                    assert await _get(http, port, f"/users/{recipient.user_id}/delivered/{unknown}/") == (
+                        200, {"delivered": False})
+
+        # Not routed: each worker about itself. Faust's own views are still there.
+        for port in ports:
+            assert await _get(http, port, "/health/") == (200, {"status": "ok"})
+            assert await _get(http, port, "/ready/") == (200, {"ready": True})
+            assert await _get(http, port, "/") == (200, {"status": "OK"})
+            status, tables = await _get(http, port, "/table/")
+            assert (status, sorted(t["name"] for t in tables)) == (200, ["groups", "inbox", "presence"])
+
+
+def _start_worker_unready(cluster: Cluster, name: str) -> int:
+    """Like ``cluster.start_worker``, but back as soon as the worker's web port opens; its port."""
+    data_dir = cluster.root / name
+    data_dir.mkdir(exist_ok=True)
+    port = cluster.web_ports[name] = free_port()
+    cluster.workers[name] = cluster.stack.start_worker(name, {**cluster.env, "GOCHAT_DATA_DIR": str(data_dir)}, port)
+    return port
+
+
+async def _one_per_worker(http: aiohttp.ClientSession, cluster: Cluster, table: str, candidates: list[str],
+                          partitions: int) -> dict[str, str]:
+    """For each worker, the first candidate key whose partition of ``table`` it owns.
+
+    Ownership as Faust's assignor tells it (``/router/{table}/``: worker URL -> changelog
+    partitions), which both workers must agree on; a key's partition is the raw id's
+    murmur2 hash, as the records that wrote it were partitioned.
+    """
+    routes = [await _get(http, cluster.web_ports[name], f"/router/{table}/") for name in WORKERS]
+    assert routes[0] == routes[1] and routes[0][0] == 200, routes
+    shares = {name: set() for name in WORKERS}
+    for url, tps in routes[0][1].items():
+        name = next(name for name in WORKERS if URL(url).port == cluster.web_ports[name])
+        shares[name].update(p for ps in tps.values() for p in ps)
+    assert not shares["w1"] & shares["w2"] and shares["w1"] | shares["w2"] == set(range(partitions)), shares
+    everyone = list(range(partitions))
+    owners = {key: next(name for name, share in shares.items()
+                        if DefaultPartitioner()(key.encode(), everyone, everyone) in share) for key in candidates}
+    return {name: next(key for key, owner in owners.items() if owner == name) for name in WORKERS}
+
+
+async def _get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, Any]:
+    async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, await response.json()
+
+
+async def _until(http: aiohttp.ClientSession, port: int, path: str, check: Any) -> tuple[int, Any]:
+    """GET ``path`` until ``check(status, body)`` holds."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            status, body = await _get(http, port, path)
+            if check(status, body):
+                return status, body
+            await asyncio.sleep(0.2)
+
+
+async def _acked(client: Client, message_id: str) -> None:
+    assert await client.next_frame() == {"type": "ack", "message_id": message_id}
+
+
+async def _received(expected: dict[Client, str]) -> None:
+    """Each client's next frame is the message, which it acks."""
+    for client, message_id in expected.items():
+        assert [m["message_id"] for m in await client.messages(1, ack=True)] == [message_id]
