@@ -15,6 +15,8 @@ from . import topics
 from .compat import aiokafka as compat_aiokafka
 from .compat import tansu as compat_tansu
 from .kafka import faust_credentials
+from .logs import configure as configure_logging
+from .metrics import serve_metrics
 from .settings import Settings, get_settings
 
 
@@ -42,11 +44,12 @@ class GochatApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        configure_logging(self.gochat_settings)  # after Faust's worker set up its handlers
         await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
 
 
 def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
-    return GochatApp(
+    app = GochatApp(
         settings,
         group.group_id,
         broker=settings.broker_url,
@@ -70,6 +73,8 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    serve_metrics(app, "faust_" + group.group_id.removeprefix(settings.namespace))
+    return app
 
 
 settings = get_settings()

@@ -11,9 +11,11 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .models import (
+    ALERT_ADAPTER,
     CLIENT_FRAME_ADAPTER,
     TASK_ADAPTER,
     USER_EVENT_ADAPTER,
+    AlertEvent,
     ClientFrame,
     DeadLetter,
     DownstreamMessage,
@@ -92,6 +94,10 @@ def decode_refusal(data: bytes) -> Refusal:
 
 def decode_dead_letter(data: bytes) -> DeadLetter:
     return decode(_DEAD_LETTER_ADAPTER, data)
+
+
+def decode_alert(data: bytes) -> AlertEvent:
+    return decode(ALERT_ADAPTER, data)
 
 
 def decode_client_frame(data: str | bytes, *, max_bytes: int) -> ClientFrame:

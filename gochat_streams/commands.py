@@ -43,6 +43,14 @@ async def gateway(self: faust.cli.AppCommand) -> None:
     await run(settings)
 
 
+@app.command()
+async def monitor(self: faust.cli.AppCommand) -> None:
+    """Run the monitor: lag, throughput, alert rules, the ops page (GOCHAT_MONITOR_PORT)."""
+    from .monitor import run
+
+    await run(settings)
+
+
 async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLetter]]:
     """Every dead letter on ``spec``'s topic, as ``("partition:offset", letter)``."""
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)

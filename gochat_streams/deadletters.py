@@ -16,7 +16,7 @@ import faust
 from faust.types import EventT
 
 from .codecs import encode
-from .metrics import dead_letters, records_rejected
+from .metrics import dead_letters, processing_errors, retries
 from .models import Alert, DeadLetter, now_ms
 from .models.deadletters import Service
 from .outbox import Outgoing, send_all
@@ -34,6 +34,7 @@ class DeadLetters:
         self.alerts = alerts
         self.attempts = settings.max_attempts
         self.backoff_s = settings.retry_backoff_s
+        self.namespace = settings.namespace
 
     async def handle(self, event: EventT, where: str, decide: Callable[[], list[Outgoing]]) -> None:
         """Run a stateful handler once, then send what it decided, retrying the sends.
@@ -50,7 +51,8 @@ class DeadLetters:
             await self.bury(event, where, "processing_error", repr(exc))
             return
         failure = await retrying(lambda: send_all(records), attempts=self.attempts, backoff_s=self.backoff_s,
-                                 what=f"sending for {event.message.topic}@{event.message.offset}")
+                                 what=f"sending for {event.message.topic}@{event.message.offset}",
+                                 service=self.service)
         if failure is not None:
             await self.bury(event, where, "processing_error", repr(failure), retry_count=self.attempts)
 
@@ -61,9 +63,10 @@ class DeadLetters:
         raw_value = message.value if isinstance(message.value, bytes) else str(message.value).encode()
         letter, alert = dead_letter(self.service, where, message.topic, message.partition, message.offset, key,
                                     raw_value, reason, detail, retry_count)
+        dlq = self.dlq.get_topic_name()
         await self.dlq.send(key=raw_key, value=encode(letter))
         await self.alerts.send(key=reason, value=encode(alert))
-        buried(letter, where)
+        buried(letter, dlq.removeprefix(self.namespace))
 
 
 def dead_letter(service: Service, where: str, topic: str, partition: int, offset: int, key: str | None,
@@ -80,16 +83,16 @@ def dead_letter(service: Service, where: str, topic: str, partition: int, offset
     return letter, alert
 
 
-def buried(letter: DeadLetter, where: str) -> None:
-    """Count and log a dead letter once it is on its topic."""
-    records_rejected.labels(where, letter.reason).inc()
-    dead_letters.labels(letter.service, letter.reason).inc()
+def buried(letter: DeadLetter, dlq: str) -> None:
+    """Count and log a dead letter once it is on its topic, ``dlq`` (without namespace)."""
+    processing_errors.labels(letter.service, letter.reason).inc()
+    dead_letters.labels(dlq).inc()
     log.error("ALERT dead letter from %s[%s]@%s (%s): %s", letter.source_topic, letter.partition, letter.offset,
               letter.reason, letter.detail)
 
 
 async def retrying(handle: Callable[[], Awaitable[object]], *, attempts: int, backoff_s: float, what: str,
-                   not_retried: tuple[type[Exception], ...] = ()) -> BaseException | None:
+                   service: Service, not_retried: tuple[type[Exception], ...] = ()) -> BaseException | None:
     """Run ``handle`` up to ``attempts`` times; None once it succeeds, else the last error.
 
     ``not_retried``: errors a retry cannot mend (bad input); they are raised at once.
@@ -97,6 +100,7 @@ async def retrying(handle: Callable[[], Awaitable[object]], *, attempts: int, ba
     error: BaseException | None = None
     for attempt in range(attempts):
         if attempt:
+            retries.labels(service).inc()
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
         try:
             await handle()

@@ -1,4 +1,4 @@
-"""The local dev stack on loopback: broker, Redis, a logic worker, a task worker and a gateway.
+"""The local dev stack on loopback: broker, Redis, a logic worker, a task worker, a gateway, the monitor.
 
 ``python -m gochat_streams.devstack`` (what ``make run`` calls) starts them, prints the
 demo URL with two tokens, and stops everything it started on Ctrl-C. The test harness
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -117,6 +118,12 @@ class Stack:
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout, proc)
         return proc
 
+    def start_monitor(self, name: str, env: Mapping[str, str], port: int, timeout: float = 90.0) -> subprocess.Popen:
+        proc = self.spawn(name, [sys.executable, "-m", "gochat_streams", "monitor"],
+                          {**env, "GOCHAT_MONITOR_PORT": str(port)})
+        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout, proc)
+        return proc
+
     def stop_one(self, proc: subprocess.Popen, timeout: float = 15.0) -> None:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -155,6 +162,7 @@ def main() -> None:
     parser.add_argument("--gateway-port", type=int, default=8080)
     parser.add_argument("--worker-web-port", type=int, default=6066)
     parser.add_argument("--task-worker-web-port", type=int, default=6067)
+    parser.add_argument("--monitor-port", type=int, default=6070)
     args = parser.parse_args()
 
     from .gateway.tokens import issue_token
@@ -179,9 +187,12 @@ def main() -> None:
             stack.start_worker("task-worker", env, args.task_worker_web_port, app="gochat_streams.app:task_app")
             print(f"tasks   http://127.0.0.1:{args.task_worker_web_port}/", flush=True)
             stack.start_gateway("gateway", env, args.gateway_port)
-            secret = Settings().auth_secret.get_secret_value()
             base = f"http://127.0.0.1:{args.gateway_port}/"
-            print(f"gateway {base}\n\nOpen two tabs to chat (logs in {args.dir / 'logs'}):", flush=True)
+            print(f"gateway {base}", flush=True)
+            stack.start_monitor("monitor", {**env, "GOCHAT_MONITOR_GATEWAYS": json.dumps([base])}, args.monitor_port)
+            print(f"ops     http://127.0.0.1:{args.monitor_port}/", flush=True)
+            secret = Settings().auth_secret.get_secret_value()
+            print(f"\nOpen two tabs to chat (logs in {args.dir / 'logs'}):", flush=True)
             for user in ("alice", "bob"):
                 print(f"  {user}: {base}?token={issue_token(user, secret, 24 * 3600)}", flush=True)
             print("\nCtrl-C stops everything.", flush=True)

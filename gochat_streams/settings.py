@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .alerting import AlertThresholds
+
 DAY_MS = 24 * 60 * 60 * 1000
 
 
@@ -125,6 +127,39 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``json``: one JSON object per log line (logs.py).
+    log_format: Literal["text", "json"] = "text"
+
+    # Monitor (gochat_streams/monitor.py): lag, throughput, the alert rules, the ops page
+    monitor_host: str = "127.0.0.1"
+    monitor_port: int = 6070
+    #: How often the monitor reads offsets and every process evaluates its alert rules.
+    monitor_interval_s: float = Field(5.0, gt=0)
+    #: Gateways' base URLs whose latency histograms the ops page shows.
+    monitor_gateways: list[str] = []
+    # The spec's four alert rules (监控和告警); durations are settings so tests use seconds.
+    alert_lag_threshold: int = Field(1000, ge=0)
+    alert_lag_for_s: float = Field(300, ge=0)
+    alert_qps_drop_ratio: float = Field(0.5, gt=0, lt=1)
+    alert_qps_window_s: float = Field(300, gt=0)
+    #: Throughput is compared with the same window this long ago (a day: traffic follows the day).
+    alert_qps_baseline_offset_s: float = Field(86400, gt=0)
+    alert_qps_for_s: float = Field(600, ge=0)
+    alert_latency_threshold_s: float = Field(5.0, gt=0)
+    alert_latency_window_s: float = Field(300, gt=0)
+    alert_error_rate_threshold: float = Field(0.01, gt=0)
+    alert_error_window_s: float = Field(300, gt=0)
+    alert_error_for_s: float = Field(300, ge=0)
+
+    def alert_thresholds(self) -> AlertThresholds:
+        return AlertThresholds(
+            lag_threshold=self.alert_lag_threshold, lag_for_s=self.alert_lag_for_s,
+            qps_window_s=self.alert_qps_window_s, qps_baseline_offset_s=self.alert_qps_baseline_offset_s,
+            qps_drop_ratio=self.alert_qps_drop_ratio, qps_for_s=self.alert_qps_for_s,
+            latency_threshold_s=self.alert_latency_threshold_s, latency_window_s=self.alert_latency_window_s,
+            error_rate_threshold=self.alert_error_rate_threshold, error_window_s=self.alert_error_window_s,
+            error_for_s=self.alert_error_for_s,
+        )
 
     @property
     def message_store_url(self) -> str:

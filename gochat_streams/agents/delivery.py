@@ -26,12 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import time
+
 from faust import StreamT
 
 from ..app import app, settings
 from ..channels import downstream, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_user_event, encode
-from ..metrics import messages_deduplicated, messages_routed
+from ..metrics import count_consumed, messages_deduplicated, messages_routed
 from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
 from ..outbox import Outgoing
 from ..routing import gateways_for, offline_push_task
@@ -39,6 +41,7 @@ from ..tables.dedup import delivered_mark, mark_key, remember
 from ..tables.inbox import Cursor, cursor_key, entry_key, inbox
 from ..tables.presence import presence, with_connection, without_connection, without_stale
 from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
+from ..trace import event_hop
 
 
 def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes] | None = None) -> Outgoing:
@@ -174,9 +177,20 @@ _HANDLERS: dict[type, Callable[[Any], list[Outgoing]]] = {
 async def deliver(stream: StreamT[bytes]) -> None:
     """im-user-topic -> presence and inbox tables; im-downstream-topic-{gateway_id}; offline pushes."""
     async for event in stream.events():
+        started = time.perf_counter()
+        count_consumed("logic", event.message.topic, settings.namespace)
         try:
             user_event = decode_user_event(event.value)
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "user", exc.reason, exc.detail)
             continue
-        await logic_dead_letters.handle(event, "user", lambda: _HANDLERS[type(user_event)](user_event))
+        out: list[Outgoing] = []
+
+        def decide() -> list[Outgoing]:
+            out.extend(_HANDLERS[type(user_event)](user_event))
+            return out
+
+        await logic_dead_letters.handle(event, "user", decide)
+        if isinstance(user_event, Delivery) and not user_event.echo:
+            event_hop("deliver", user_event.message.message_id, event, started, user_id=user_event.user_id,
+                      to=[o.topic.get_topic_name() for o in out])

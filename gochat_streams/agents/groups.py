@@ -11,18 +11,21 @@ way the sender's other sockets get an echo, and the message is persisted once.
 
 from __future__ import annotations
 
+import time
+
 from faust import StreamT
 
 from ..app import app, settings
 from ..channels import downstream, group, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_upstream, encode
 from ..groups import Outcome, Refused, apply, target_id
-from ..metrics import messages_routed, reject
+from ..metrics import count_consumed, messages_routed, reject
 from ..models import USER_MESSAGE_TYPES, Delivery, Refusal, UpstreamMessage
 from ..outbox import Outgoing
 from ..routing import fanout_tasks, persist_task
 from ..tables.groups import groups
 from ..topics import DOWNSTREAM_KIND
+from ..trace import event_hop
 
 
 def _refuse(message: UpstreamMessage, refused: Refused) -> list[Outgoing]:
@@ -67,9 +70,12 @@ def _on_message(message: UpstreamMessage) -> list[Outgoing]:
 async def route_group(stream: StreamT[bytes]) -> None:
     """im-group-topic -> groups table; members on im-user-topic or group_fanout tasks; refusals to the sender."""
     async for event in stream.events():
+        started = time.perf_counter()
+        count_consumed("logic", event.message.topic, settings.namespace)
         try:
             message = decode_upstream(event.value, max_content_chars=settings.max_content_chars)
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "group", exc.reason, exc.detail)
             continue
         await logic_dead_letters.handle(event, "group", lambda: _on_message(message))
+        event_hop("group", message.message_id, event, started, group_id=target_id(message))

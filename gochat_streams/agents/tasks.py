@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -23,11 +24,12 @@ from ..channels import task_dead_letters, task_service_tasks, task_service_user
 from ..codecs import DecodeError, decode_task, encode
 from ..deadletters import retrying
 from ..history import RecentMessages
-from ..metrics import tasks_done, tasks_failed
+from ..metrics import count_consumed, tasks_done, tasks_failed
 from ..models import Delivery, GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
 from ..push import Pusher, create_pusher
 from ..store import MessageStore, open_store
 from ..topics import task_group
+from ..trace import event_hop
 
 T = TypeVar("T", OfflinePushTask, GroupFanoutTask)
 #: How long a partial batch waits for more tasks before it is handled.
@@ -62,6 +64,7 @@ class TaskHandlers:
         tasks_done.labels("group_fanout").inc()
 
     async def handle(self, events: Sequence[EventT]) -> None:
+        started = time.perf_counter()
         persists: list[tuple[EventT, PersistMessageTask]] = []
         others: list[tuple[EventT, OfflinePushTask | GroupFanoutTask]] = []
         for event in events:
@@ -85,6 +88,9 @@ class TaskHandlers:
         for event, task in others:
             if isinstance(task, GroupFanoutTask):
                 await self._attempt(event, task, self.fan_out)
+        for event, task in [*persists, *others]:
+            event_hop("task", task.payload.message_id, event, started, task_type=task.task_type,
+                      task_id=task.task_id, batch=len(events))
 
     async def _persist_all(self, persists: Sequence[tuple[EventT, PersistMessageTask]]) -> None:
         """One transaction for the batch; if it keeps failing, each task on its own, so
@@ -92,7 +98,8 @@ class TaskHandlers:
         if not persists:
             return
         failure = await retrying(lambda: self.persist([t for _, t in persists]), attempts=settings.max_attempts,
-                                 backoff_s=settings.retry_backoff_s, what=f"persisting {len(persists)} messages")
+                                 backoff_s=settings.retry_backoff_s, what=f"persisting {len(persists)} messages",
+                                 service="task")
         if failure is None:
             return
         if len(persists) == 1:
@@ -106,7 +113,8 @@ class TaskHandlers:
 
     async def _attempt(self, event: EventT, task: T, handler: Callable[[T], Awaitable[None]]) -> None:
         failure = await retrying(lambda: handler(task), attempts=settings.max_attempts,
-                                 backoff_s=settings.retry_backoff_s, what=f"{task.task_type} {task.task_id}")
+                                 backoff_s=settings.retry_backoff_s, what=f"{task.task_type} {task.task_id}",
+                                 service="task")
         if failure is not None:
             await self._give_up(event, task, failure)
 
@@ -136,4 +144,5 @@ async def run_tasks(stream: StreamT[bytes]) -> None:
     """im-task-topic -> persist_message, offline_push, group_fanout, a batch at a time."""
     async with task_handlers() as handlers:
         async for events in stream.take_events(task_group(settings).max_poll_records, within=_BATCH_WAIT_S):
+            count_consumed("task", events[0].message.topic, settings.namespace, len(events))
             await handlers.handle(events)

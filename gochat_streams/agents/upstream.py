@@ -8,16 +8,19 @@ to ``im-group-topic`` keyed by their group, where agents/groups.py owns the memb
 
 from __future__ import annotations
 
+import time
+
 from faust import StreamT
 
 from ..app import app, settings
 from ..channels import group, logic_dead_letters, task, upstream, user
 from ..codecs import DecodeError, decode_upstream, encode
 from ..groups import target_id
-from ..metrics import messages_routed
+from ..metrics import count_consumed, messages_routed
 from ..models import Delivery, UpstreamMessage
 from ..outbox import Outgoing
 from ..routing import addressing_error, is_single_chat, persist_task
+from ..trace import event_hop
 
 
 def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
@@ -36,6 +39,8 @@ def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
 async def route_upstream(stream: StreamT[bytes]) -> None:
     """im-upstream-topic -> im-user-topic (single chat) or im-group-topic (groups, system messages)."""
     async for event in stream.events():
+        started = time.perf_counter()
+        count_consumed("logic", event.message.topic, settings.namespace)
         raw = event.value
         try:
             message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
@@ -46,3 +51,5 @@ async def route_upstream(stream: StreamT[bytes]) -> None:
             await logic_dead_letters.bury(event, "upstream", "unroutable", f"{message.message_id}: {error}")
             continue
         await logic_dead_letters.handle(event, "upstream", lambda: _route(raw, message))
+        event_hop("logic", message.message_id, event, started, from_user_id=message.from_user_id,
+                  to="user" if is_single_chat(message) else "group")

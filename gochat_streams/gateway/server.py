@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -28,16 +29,20 @@ from redis.asyncio import Redis
 
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
+from ..alerting import Alerting, Observations
 from ..compat.aiokafka import track_topic
 from ..deadletters import buried, dead_letter, retrying
 from ..history import RecentMessages
 from ..kafka import client_kwargs, producer_kwargs
-from ..metrics import messages_deduplicated, reject
+from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.common import Id
+from ..monitor import publish_rule_alerts
 from ..routing import addressing_error
+from ..serving import cancel_all, serve
 from ..settings import Settings
 from ..store import MessageStore, open_store
+from ..trace import hop
 from .hub import Connection, Hub, TokenBucket
 from .tokens import InvalidToken, verify_token
 
@@ -52,6 +57,8 @@ READY = web.AppKey("ready", asyncio.Event)
 #: Messages handed to the producer and not yet acknowledged by the broker.
 UNSENT = web.AppKey("unsent", asyncio.Semaphore)
 STORE = web.AppKey("store", MessageStore)
+#: The latencies this gateway measured, for the spec's latency alert rule.
+LATENCIES = web.AppKey("latencies", Observations)
 RECENT = web.AppKey("recent", RecentMessages)
 
 _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
@@ -69,12 +76,14 @@ def create_app(settings: Settings) -> web.Application:
     app[HUB] = Hub()
     app[READY] = asyncio.Event()
     app[UNSENT] = asyncio.Semaphore(settings.max_unsent)
+    app[LATENCIES] = Observations(settings.alert_thresholds())
     app.cleanup_ctx.append(_history_clients)
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/history", history)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", demo_page)
     return app
 
@@ -99,12 +108,24 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
     app[PRODUCER] = producer
-    consumer = asyncio.create_task(_consume_downstream(app), name="downstream-consumer")
+    tasks = [asyncio.create_task(_consume_downstream(app), name="downstream-consumer"),
+             asyncio.create_task(_alert_on_latency(app), name="latency-alert")]
     yield
-    consumer.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await consumer
+    await cancel_all(tasks)
     await producer.stop()
+
+
+async def _alert_on_latency(app: web.Application) -> None:
+    """The spec's e2e latency rule, on what this gateway measured (monitor.py has the others)."""
+    s = app[SETTINGS]
+    alerting = Alerting(s.alert_thresholds())
+    while True:
+        await asyncio.sleep(s.monitor_interval_s)
+        changes = alerting.evaluate(app[LATENCIES], time.time())
+        try:
+            await publish_rule_alerts(app[PRODUCER], s, "gateway", changes, {"gateway": s.gateway_id})
+        except KafkaError:
+            log.exception("latency alert not published")
 
 
 async def _consume_downstream(app: web.Application) -> None:
@@ -130,7 +151,8 @@ async def _consume_downstream(app: web.Application) -> None:
                     await consumer.position(tp)
                 ready.set()
                 log.info("gateway %s ready: consuming %s", s.gateway_id, sorted(consumer.assignment()))
-            for records in batches.values():
+            for tp, records in batches.items():
+                count_consumed("gateway", tp.topic, s.namespace, len(records))
                 for record in records:
                     await _handle_downstream(app, record)
     finally:
@@ -151,7 +173,7 @@ async def _handle_downstream(app: web.Application, record: ConsumerRecord) -> No
         try:
             failure = await retrying(lambda: _on_downstream(app, record), attempts=s.max_attempts,
                                      backoff_s=s.retry_backoff_s, what=f"pushing {record.topic}@{record.offset}",
-                                     not_retried=(_BadRecord,))
+                                     service="gateway", not_retried=(_BadRecord,))
         except _BadRecord as exc:
             reason, detail = exc.reason, str(exc)
         else:
@@ -171,7 +193,7 @@ async def _bury(app: web.Application, record: ConsumerRecord, reason: str, detai
     producer = app[PRODUCER]
     await producer.send_and_wait(topics.upstream_dlq(s).name, key=record.key, value=encode(letter))
     await producer.send_and_wait(topics.alert(s).name, key=reason.encode(), value=encode(alert))
-    buried(letter, "downstream")
+    buried(letter, topics.UPSTREAM_DLQ)
 
 
 async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
@@ -198,6 +220,7 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
         if (conn := hub.connection(user_id, target.decode())) is not None:
             await conn.push(frame, message.from_user_id, message.message_id, seq)
+            _traced(record, message.message_id, "sync", user_id)
         return
     checked_at = now_ms()
     connections = hub.connections(user_id)
@@ -210,6 +233,16 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     pushed = [await conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
     if not any(pushed):
         await _bounce(app, user_id, message.message_id, seq, checked_at)
+        return
+    latency_ms = max(0, now_ms() - message.timestamp)
+    e2e_latency.labels(app[SETTINGS].gateway_id).observe(latency_ms / 1000)
+    app[LATENCIES].latency(latency_ms / 1000, time.time())
+    _traced(record, message.message_id, "live", user_id, e2e_ms=latency_ms)
+
+
+def _traced(record: ConsumerRecord, message_id: str, kind: str, user_id: str, **extra: object) -> None:
+    hop("gateway_out", message_id, topic=record.topic, partition=record.partition, offset=record.offset,
+        kind=kind, user_id=user_id, **extra)
 
 
 async def _bounce(app: web.Application, user_id: str, message_id: str, seq: int, checked_at: int) -> None:
@@ -278,6 +311,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     # Registered before the presence change is published: the reconnect sync that
     # the change triggers finds the socket.
     hub.add(conn)
+    gateway_connections.labels(s.gateway_id).set(hub.connection_count)
     try:
         await _publish_presence(app, user_id, conn.connection_id, online=True)
         async for msg in ws:
@@ -287,6 +321,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await _error(ws, "invalid_frame", "frames are JSON text")
     finally:
         hub.remove(conn)
+        gateway_connections.labels(s.gateway_id).set(hub.connection_count)
         with contextlib.suppress(KafkaError, asyncio.CancelledError):
             await asyncio.shield(_publish_presence(app, user_id, conn.connection_id, online=False))
     return ws
@@ -365,14 +400,17 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
     conn.remember_sent(message.message_id)
     try:
         async with unsent:
+            started = time.perf_counter()
             send = app[PRODUCER].send_and_wait(topics.upstream(s).name, key=user_id.encode(), value=encode(upstream))
-            await asyncio.wait_for(send, s.send_timeout_s)
+            sent = await asyncio.wait_for(send, s.send_timeout_s)
     except (KafkaError, TimeoutError) as exc:
         # The client may resend; if the broker took this one after all, the logic
         # service's dedup drops the copy.
         conn.forget_sent(message.message_id)
         await _error(ws, "broker_unavailable", f"message not accepted: {exc!r}", message.message_id)
         return
+    hop("gateway_in", message.message_id, topic=sent.topic, partition=sent.partition, offset=sent.offset,
+        started=started, from_user_id=user_id)
     await ws.send_json({"type": "ack", "message_id": message.message_id})
 
 
@@ -396,6 +434,10 @@ async def history(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def health(request: web.Request) -> web.Response:
     app = request.app
     ready = app[READY].is_set()
@@ -411,21 +453,5 @@ async def demo_page(request: web.Request) -> web.FileResponse:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
-    # force: the Faust CLI that runs this command has already configured logging.
-    logging.basicConfig(
-        level=settings.log_level, force=True,
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
-    await site.start()
-    log.info("gateway %s listening on http://%s:%s", settings.gateway_id, settings.gateway_host, settings.gateway_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve(create_app(settings), settings, settings.gateway_host, settings.gateway_port,
+                f"gateway {settings.gateway_id}")

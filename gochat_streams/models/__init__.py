@@ -1,7 +1,7 @@
 """Pydantic models of the spec's envelopes. Agents only ever see these, validated."""
 
 from .common import PROTOCOL_VERSION, now_ms
-from .deadletters import Alert, DeadLetter
+from .deadletters import ALERT_ADAPTER, Alert, AlertEvent, DeadLetter, RuleAlert
 from .frames import CLIENT_FRAME_ADAPTER, AckFrame, ClientFrame, ClientMessage, ErrorCode, Refusal, RefusalCode, SendFrame
 from .messages import (
     METADATA_MODELS,
@@ -26,7 +26,7 @@ from .tasks import (
 from .user_events import USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
 
 __all__ = [
-    "Ack", "AckFrame", "Alert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
+    "ALERT_ADAPTER", "Ack", "AckFrame", "Alert", "AlertEvent", "RuleAlert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
     "Delivery",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
     "METADATA_MODELS", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",

@@ -1,12 +1,14 @@
-"""Dead letters and the alert events they raise."""
+"""Dead letters, and the alert events on ``im-alert-topic``: a dead letter's, and a rule's."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
 
 from .common import Model, TimestampMs
 
-Service = Literal["logic", "task", "gateway"]
+Service = Literal["logic", "task", "gateway", "monitor"]
 
 
 class DeadLetter(Model):
@@ -38,3 +40,21 @@ class Alert(Model):
     partition: int
     offset: int
     at: TimestampMs
+
+
+class RuleAlert(Model):
+    """One of the spec's alert rules started or stopped firing (gochat_streams/alerting.py)."""
+
+    kind: Literal["rule"] = "rule"
+    service: Service
+    rule: Literal["consumer_lag", "throughput_drop", "e2e_latency", "error_rate"]
+    state: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    value: float
+    threshold: float
+    summary: str
+    at: TimestampMs
+
+
+AlertEvent = Annotated[Alert | RuleAlert, Field(discriminator="kind")]
+ALERT_ADAPTER: TypeAdapter[AlertEvent] = TypeAdapter(AlertEvent)

@@ -102,6 +102,12 @@ class Cluster:
         )
         return f"http://127.0.0.1:{port}"
 
+    def start_monitor(self, gateways: list[str]) -> str:
+        port = free_port()
+        self.stack.start_monitor("monitor", {**self.env, "GOCHAT_MONITOR_GATEWAYS": json.dumps(gateways)}, port,
+                                 timeout=WAIT_S)
+        return f"http://127.0.0.1:{port}"
+
     def kill_gateway(self, gateway_id: str) -> None:
         """SIGKILL: the gateway cannot say its users went offline."""
         proc = self.gateways.pop(gateway_id)

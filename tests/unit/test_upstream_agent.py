@@ -10,7 +10,7 @@ import pytest
 from gochat_streams import channels
 from gochat_streams.agents.upstream import route_upstream
 from gochat_streams.codecs import decode_task, decode_user_event
-from gochat_streams.metrics import records_rejected
+from gochat_streams.metrics import processing_errors
 from gochat_streams.models import Delivery, PersistMessageTask
 
 EXAMPLE = json.loads((Path(__file__).parent / "spec_examples.json").read_text())["upstream"]
@@ -34,7 +34,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, bytes]]]:
 
 
 def _rejected(reason: str) -> float:
-    return records_rejected.labels("upstream", reason)._value.get()
+    return processing_errors.labels("logic", reason)._value.get()
 
 
 async def test_single_chat_is_rekeyed_by_recipient_and_persisted(sent: dict[str, list]) -> None:

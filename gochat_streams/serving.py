@@ -1,0 +1,41 @@
+"""Serving an aiohttp app until SIGINT or SIGTERM, and its background tasks: the gateway and the monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from .logs import configure as configure_logging
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def serve(app: web.Application, settings: Settings, host: str, port: int, what: str) -> None:
+    """Serve ``app`` on ``host:port`` until a signal, then run its cleanup (sockets, Kafka clients)."""
+    configure_logging(settings, own_handler=True)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("%s listening on http://%s:%s", what, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel an app's background tasks and wait until they have finished."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
