@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench SCENARIO`` (README, "Performance"). Never run as timed tests."""

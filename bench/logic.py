@@ -1,0 +1,54 @@
+"""``logic``: the single-chat path without gateways.
+
+A logic worker starts; every user is first made online on one of 4 gateway ids (presence
+changes on ``im-user-topic``, consumed before the clock starts). Then the clock runs
+from the first upstream message produced until the last one is on a downstream topic:
+route_upstream, deliver (presence lookup, inbox entry, dedup mark) and the push, with
+the persist tasks written on the side. Nothing may be lost: every message must arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from gochat_streams import topics
+from gochat_streams.codecs import encode
+from gochat_streams.kafka import producer_kwargs
+from gochat_streams.models import PresenceChange, now_ms
+
+from .common import Bench, count_records, text_message, wait_consumed
+
+GATEWAYS = [f"gw{i}" for i in range(4)]
+
+
+async def run_logic(bench: Bench, records: int, users: int) -> dict[str, Any]:
+    s = bench.settings
+    await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in GATEWAYS)])
+    bench.start_worker("logic")
+    producer = AIOKafkaProducer(**{**producer_kwargs(s), "linger_ms": 5, "max_batch_size": 256 * 1024})
+    await producer.start()
+    try:
+        online = [await producer.send(topics.user(s).name, encode(PresenceChange(
+            user_id=f"u{i}", gateway_id=GATEWAYS[i % len(GATEWAYS)], connection_id=f"c{i}", online=True,
+            timestamp=now_ms())), key=f"u{i}".encode()) for i in range(users)]
+        await asyncio.gather(*online)
+        await wait_consumed(s, topics.logic_group(s).group_id, topics.user(s).name)
+
+        values = [(f"s{i % 1000}", json.dumps(text_message(i, f"s{i % 1000}", f"u{(i * 7) % users}")).encode())
+                  for i in range(records)]
+        started = time.perf_counter()
+        counting = asyncio.create_task(count_records(
+            s, [topics.downstream_name(s, gw) for gw in GATEWAYS], records, started))
+        sends = [await producer.send(topics.upstream(s).name, value, key=key.encode()) for key, value in values]
+        await asyncio.gather(*sends)
+        produced_s = time.perf_counter() - started
+        delivered, seconds = await counting
+    finally:
+        await producer.stop()
+    return {"scenario": "logic", "records": records, "delivered": delivered, "seconds": round(seconds, 3),
+            "msgs_per_s": round(records / seconds, 1), "produce_s": round(produced_s, 3)}
