@@ -7,7 +7,6 @@ from typing import Any
 import faust
 from aiokafka.helpers import create_ssl_context
 
-from .compat.tansu import FETCH_MAX_WAIT_MS
 from .settings import Settings
 
 
@@ -35,14 +34,6 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
         kwargs["sasl_plain_password"] = (
             s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else None
         )
-    return kwargs
-
-
-def consumer_kwargs(s: Settings) -> dict[str, Any]:
-    """:func:`client_kwargs` for a consumer: on the dev broker, short Fetch waits (compat/tansu.py)."""
-    kwargs = client_kwargs(s)
-    if s.broker_scheme == "tansu":
-        kwargs["fetch_max_wait_ms"] = FETCH_MAX_WAIT_MS
     return kwargs
 
 

@@ -6,12 +6,6 @@ highwater, so table recovery would stop early and lose values, and a rocksdb res
 could crash with ``ConsistencyError``. The high watermark in a Fetch response is right,
 so this transport takes highwaters from a Fetch instead.
 
-It also answers a waiting Fetch late when a record arrives: measured on loopback, a
-record produced while a consumer's Fetch waits arrives ~380 ms later with Faust's
-1,500 ms wait, under 10 ms with a 10 ms wait. Every hop of a message (upstream, user
-topic, downstream) pays it, so this transport's consumers wait at most
-``FETCH_MAX_WAIT_MS`` (Kafka answers as soon as data arrives, whatever the wait).
-
 Active only for ``GOCHAT_BROKER_URL=tansu://host:port`` (app.py picks the transport by
 scheme); ``kafka://`` uses compat/aiokafka.py, which this transport extends.
 """
@@ -30,8 +24,6 @@ from . import aiokafka as gochat_aiokafka
 
 log = logging.getLogger(__name__)
 
-#: The longest a consumer's Fetch waits for records (see above).
-FETCH_MAX_WAIT_MS = 10
 #: How long a Fetch may take before the broker is considered unreachable.
 FETCH_TIMEOUT_S = 30.0
 
@@ -68,17 +60,7 @@ async def fetched_highwaters(
         await consumer.stop()
 
 
-class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # Faust passes 1,500; read by start()
-        return consumer
-
-
 class Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> ConsumerThread:
-        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         transport = self.transport
         servers = faust_aiokafka.server_list(transport.url, transport.default_port)
