@@ -109,12 +109,16 @@ def _settled(state: dict[str, Any]) -> bool:
 
 async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, until: Any) -> dict[str, Any]:
     """The user's state as the owning worker has it, once ``until(state)`` holds (acks may be in flight)."""
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            async with http.get(f"http://127.0.0.1:{port}/users/{user_id}/") as response:
-                if response.status == 200 and until(state := await response.json()):
-                    return state
-            await asyncio.sleep(0.5)
+    state: dict[str, Any] | None = None
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                async with http.get(f"http://127.0.0.1:{port}/users/{user_id}/") as response:
+                    if response.status == 200 and until(state := await response.json()):
+                        return state
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        pytest.fail(f"{user_id}'s state did not settle within {WAIT_S}s; last seen: {state}")
 
 
 def _differences(got: dict[str, dict[str, list[str]]], expected: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
