@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     #: error frame at once rather than a growing queue.
     max_unsent: int = Field(10_000, ge=1)
     max_content_chars: int = 10_000
+    #: The gateway pings each socket this often and closes it when no pong comes within
+    #: half of it (the user goes offline); a client must keep reading to answer.
+    ws_heartbeat_s: float = Field(30.0, gt=0)
     #: What a browser loads (demo chat, ops page); a checkout's ``web/`` by default.
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 

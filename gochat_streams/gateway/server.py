@@ -304,7 +304,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPServiceUnavailable(text="gateway is starting")
     user_id = _authenticate(request)
 
-    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4 * s.max_frame_bytes)
+    ws = web.WebSocketResponse(heartbeat=s.ws_heartbeat_s, max_msg_size=4 * s.max_frame_bytes)
     await ws.prepare(request)
     conn = Connection(user_id, uuid.uuid4().hex, ws, TokenBucket(s.max_frames_per_s, s.max_frames_burst))
     hub = app[HUB]

@@ -27,7 +27,10 @@ KILL_AFTER = 5000
 @pytest.mark.timeout(600)  # about 2.5 min on 2 idle cores; the suite's 300 s default is too close
 async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Cluster, connect: Any) -> None:
     # The gateways' per-socket flood limits are not what this test is about.
-    cluster.env.update({"GOCHAT_MAX_FRAMES_PER_S": "100000", "GOCHAT_MAX_FRAMES_BURST": "100000"})
+    # Nor are the gateways' heartbeats: one client process reading 40,000 frames answers a
+    # ping late, and a socket closed for it would take its user offline mid-test.
+    cluster.env.update({"GOCHAT_MAX_FRAMES_PER_S": "100000", "GOCHAT_MAX_FRAMES_BURST": "100000",
+                        "GOCHAT_WS_HEARTBEAT_S": "600"})
     cluster.start_worker("w1")
     cluster.start_worker("w2")
     gateways = [cluster.start_gateway("gw1"), cluster.start_gateway("gw2")]
