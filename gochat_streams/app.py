@@ -13,6 +13,7 @@ from faust.types import TransportT
 
 from . import topics
 from .compat import aiokafka as compat_aiokafka
+from .compat.aiokafka import track_topic
 from .compat import tansu as compat_tansu
 from .kafka import faust_credentials
 from .logs import configure as configure_logging
@@ -46,6 +47,16 @@ class GochatApp(faust.App):
         await super().on_first_start()
         configure_logging(self.gochat_settings)  # after Faust's worker set up its handlers
         await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        # Faust's router (table_route, /table/ views) asks the producer which partition a
+        # key is on, and aiokafka keeps metadata only for topics it tracks: a worker that
+        # has not written a table since it started would answer those views with a 500.
+        producer = self.producer._ensure_producer()
+        for table in self.tables.values():
+            track_topic(producer, table.changelog_topic.get_topic_name())
+        await producer.client.force_metadata_update()
 
 
 def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
