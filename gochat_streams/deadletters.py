@@ -36,8 +36,8 @@ class DeadLetters:
         self.backoff_s = settings.retry_backoff_s
         self.namespace = settings.namespace
 
-    async def handle(self, event: EventT, where: str, decide: Callable[[], list[Outgoing]]) -> None:
-        """Run a stateful handler once, then send what it decided, retrying the sends.
+    async def handle(self, event: EventT, where: str, decide: Callable[[], list[Outgoing]]) -> list[Outgoing]:
+        """Run a stateful handler once, then send what it decided, retrying the sends; what was sent.
 
         The handler is not retried: its table writes may have happened already (an
         inbox entry must not be kept twice), and a handler that raised on a record
@@ -49,12 +49,14 @@ class DeadLetters:
             log.exception("handling %s[%s]@%s failed", event.message.topic, event.message.partition,
                           event.message.offset)
             await self.bury(event, where, "processing_error", repr(exc))
-            return
+            return []
         failure = await retrying(lambda: send_all(records), attempts=self.attempts, backoff_s=self.backoff_s,
                                  what=f"sending for {event.message.topic}@{event.message.offset}",
                                  service=self.service)
         if failure is not None:
             await self.bury(event, where, "processing_error", repr(failure), retry_count=self.attempts)
+            return []
+        return records
 
     async def bury(self, event: EventT, where: str, reason: str, detail: str, *, retry_count: int = 0) -> None:
         message = event.message

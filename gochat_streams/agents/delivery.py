@@ -184,13 +184,7 @@ async def deliver(stream: StreamT[bytes]) -> None:
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "user", exc.reason, exc.detail)
             continue
-        out: list[Outgoing] = []
-
-        def decide() -> list[Outgoing]:
-            out.extend(_HANDLERS[type(user_event)](user_event))
-            return out
-
-        await logic_dead_letters.handle(event, "user", decide)
+        sent = await logic_dead_letters.handle(event, "user", lambda: _HANDLERS[type(user_event)](user_event))
         if isinstance(user_event, Delivery) and not user_event.echo:
             event_hop("deliver", user_event.message.message_id, event, started, user_id=user_event.user_id,
-                      to=[o.topic.get_topic_name() for o in out])
+                      to=[o.topic.get_topic_name() for o in sent])
