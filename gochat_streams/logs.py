@@ -13,6 +13,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from . import trace
 from .settings import Settings
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -46,6 +47,7 @@ def configure(settings: Settings, *, own_handler: bool = False) -> None:
         logging.basicConfig(format=TEXT_FORMAT, force=True)
     root = logging.getLogger()
     root.setLevel(settings.log_level)
+    trace.configure(settings.trace_sample_rate)
     if settings.log_format == "json":
         for handler in root.handlers:
             handler.setFormatter(JsonFormatter())

@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``json``: one JSON object per log line (logs.py).
     log_format: Literal["text", "json"] = "text"
+    #: The fraction of messages whose every hop is logged (trace.py); sampled by message id.
+    trace_sample_rate: float = Field(0.01, ge=0, le=1)
 
     # Monitor (gochat_streams/monitor.py): lag, throughput, the alert rules, the ops page
     monitor_host: str = "127.0.0.1"

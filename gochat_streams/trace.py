@@ -6,6 +6,10 @@ dropped), ``task`` (persisted, pushed, fanned out), ``gateway_out`` (pushed to a
 socket). Each line names the record the hop read (topic, partition, offset) and the
 milliseconds the hop took. Logged at INFO on the ``gochat.trace`` logger, so
 ``GOCHAT_LOG_LEVEL=WARNING`` (or that logger's level) turns traces off.
+
+Traces are sampled by message id (``GOCHAT_TRACE_SAMPLE_RATE``), the same way in every
+process, so a sampled message has all its hops and the others cost nothing: a line
+per hop of every message would cost a worker a third of its throughput.
 """
 
 from __future__ import annotations
@@ -13,17 +17,32 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from typing import Any
 
 from faust.types import EventT
 
 log = logging.getLogger("gochat.trace")
 
+_BUCKETS = 10_000
+#: Messages whose id hashes below this bucket are traced (set by :func:`configure`).
+_sampled_below = _BUCKETS
+
+
+def configure(sample_rate: float) -> None:
+    """Trace this fraction of messages (0 to 1) in this process."""
+    global _sampled_below
+    _sampled_below = round(sample_rate * _BUCKETS)
+
+
+def sampled(message_id: str) -> bool:
+    return zlib.crc32(message_id.encode()) % _BUCKETS < _sampled_below
+
 
 def hop(name: str, message_id: str, *, topic: str | None = None, partition: int | None = None,
         offset: int | None = None, started: float | None = None, **extra: Any) -> None:
     """Log one hop; ``started`` is a ``time.perf_counter()`` taken when the hop began."""
-    if not log.isEnabledFor(logging.INFO):
+    if not sampled(message_id) or not log.isEnabledFor(logging.INFO):
         return
     line: dict[str, Any] = {"trace": name, "message_id": message_id, "topic": topic, "partition": partition,
                             "offset": offset}

@@ -41,7 +41,7 @@ from ..tables.dedup import delivered_mark, mark_key, remember
 from ..tables.inbox import Cursor, cursor_key, entry_key, inbox
 from ..tables.presence import presence, with_connection, without_connection, without_stale
 from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
-from ..trace import event_hop
+from ..trace import event_hop, sampled
 
 
 def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes] | None = None) -> Outgoing:
@@ -185,6 +185,6 @@ async def deliver(stream: StreamT[bytes]) -> None:
             await logic_dead_letters.bury(event, "user", exc.reason, exc.detail)
             continue
         sent = await logic_dead_letters.handle(event, "user", lambda: _HANDLERS[type(user_event)](user_event))
-        if isinstance(user_event, Delivery) and not user_event.echo:
+        if isinstance(user_event, Delivery) and not user_event.echo and sampled(user_event.message.message_id):
             event_hop("deliver", user_event.message.message_id, event, started, user_id=user_event.user_id,
                       to=[o.topic.get_topic_name() for o in sent])

@@ -201,6 +201,7 @@ async def _newer(pending: Any, after_ms: int) -> RuleAlert | None:
 
 async def test_grep_of_a_message_id_shows_its_whole_path(cluster: Cluster, connect: Any) -> None:
     cluster.env["GOCHAT_LOG_FORMAT"] = "json"
+    cluster.env["GOCHAT_TRACE_SAMPLE_RATE"] = "1"
     cluster.start_worker("w1")
     cluster.start_task_worker()
     gw = cluster.start_gateway("gw1")

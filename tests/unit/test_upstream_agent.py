@@ -21,15 +21,21 @@ INVITE = {**EXAMPLE, "to_user_id": None, "conversation_id": "group_9", "message_
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, bytes]]]:
-    """What the agent hands to each topic (the producer is not started in a test_context)."""
+    """What the agent hands to the producer per topic, and dead letters and alerts to theirs
+    (the producer is not started in a test_context)."""
     out: dict[str, list[tuple[str, bytes]]] = {"user": [], "group": [], "task": [], "dlq": [], "alerts": []}
-    targets = {"user": channels.user, "group": channels.group, "task": channels.task,
-               "dlq": channels.logic_dead_letters.dlq, "alerts": channels.logic_dead_letters.alerts}
-    for name, records in out.items():
-        async def capture(*, key: str, value: bytes, _records: list = records, **_: Any) -> None:
+    by_topic = {channels.user.get_topic_name(): out["user"], channels.group.get_topic_name(): out["group"],
+                channels.task.get_topic_name(): out["task"]}
+
+    async def produce(topic: str, key: bytes, value: bytes, *_: Any) -> None:
+        by_topic[topic].append((key.decode(), value))
+
+    monkeypatch.setattr(channels.app.producer, "send", produce)
+    for name, topic in {"dlq": channels.logic_dead_letters.dlq, "alerts": channels.logic_dead_letters.alerts}.items():
+        async def capture(*, key: str, value: bytes, _records: list = out[name], **_: Any) -> None:
             _records.append((key, value))
 
-        monkeypatch.setattr(targets[name], "send", capture)
+        monkeypatch.setattr(topic, "send", capture)
     return out
 
 
