@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Dev-broker timing (measured stable): Tansu joins a group in about half a session
-#: timeout and ignores LeaveGroup, so sessions are short here and only here.
+#: timeout and ignores LeaveGroup, so sessions are short here and only here; it answers
+#: a waiting Fetch late (compat/tansu.py), so fetches wait briefly.
 DEV_ENV = {
     "GOCHAT_UPSTREAM_REPLICAS": "1",
     "GOCHAT_DOWNSTREAM_REPLICAS": "1",
@@ -37,6 +38,7 @@ DEV_ENV = {
     "GOCHAT_SESSION_TIMEOUT_S": "4",
     "GOCHAT_HEARTBEAT_INTERVAL_S": "0.5",
     "GOCHAT_REBALANCE_TIMEOUT_S": "2",
+    "GOCHAT_FETCH_MAX_WAIT_MS": "100",
 }
 
 

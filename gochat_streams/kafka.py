@@ -47,8 +47,13 @@ def producer_kwargs(s: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable_idempotence": s.broker_scheme == "kafka",
         "compression_type": None if s.compression == "none" else s.compression,
-        "linger_ms": 2,
+        "linger_ms": s.producer_linger_ms,
     }
+
+
+def consumer_kwargs(s: Settings) -> dict[str, Any]:
+    """What a consumer on the message path takes: :func:`client_kwargs` and the fetch wait."""
+    return {**client_kwargs(s), "fetch_max_wait_ms": s.fetch_max_wait_ms}
 
 
 def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:

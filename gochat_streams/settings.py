@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 10.0
     rebalance_timeout_s: float = 60.0
 
+    # Batching against waiting (README, "Performance").
+    #: How long a producer holds records to send more of them in one request: a produce
+    #: request costs the broker and the client far more than the records in it.
+    producer_linger_ms: int = Field(10, ge=0)
+    #: The longest a consumer's fetch waits for records. Kafka answers as soon as records
+    #: arrive; the dev broker only near the end of the wait, so the dev stack shortens it.
+    fetch_max_wait_ms: int = Field(500, ge=1)
+
     # Worker
     #: Attempts at a record whose handling fails before it is dead-lettered (the spec's 3).
     max_attempts: int = Field(3, ge=1)

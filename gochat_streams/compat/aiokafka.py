@@ -17,6 +17,9 @@ Here the first failure makes every later flush raise, so no commit passes it, an
 crashes the worker; its partitions are handled again from the last commit (by another
 worker, or by this one once restarted). Where the broker supports it (``kafka://``),
 the producer is idempotent: a retried batch is not written twice.
+
+Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
+``GOCHAT_FETCH_MAX_WAIT_MS``, which the dev broker needs short (compat/tansu.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -69,5 +72,18 @@ class Producer(faust_aiokafka.Producer):
             raise ProducerSendError(f"a record was not sent: {self.unsent!r}") from self.unsent
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.app.gochat_settings.fetch_max_wait_ms  # read by start()
+        return consumer
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
     Producer = Producer

@@ -33,7 +33,7 @@ from ..alerting import Alerting, Observations
 from ..compat.aiokafka import track_topic
 from ..deadletters import buried, dead_letter, retrying
 from ..history import RecentMessages
-from ..kafka import client_kwargs, producer_kwargs
+from ..kafka import consumer_kwargs, producer_kwargs
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.common import Id
@@ -139,7 +139,7 @@ async def _consume_downstream(app: web.Application) -> None:
         max_poll_records=group.max_poll_records,
         session_timeout_ms=group.session_timeout_ms,
         heartbeat_interval_ms=group.heartbeat_interval_ms,
-        **client_kwargs(s),
+        **consumer_kwargs(s),
     )
     await consumer.start()
     ready = app[READY]
