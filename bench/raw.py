@@ -20,19 +20,7 @@ from gochat_streams.kafka import client_kwargs, producer_kwargs
 from gochat_streams.settings import Settings
 from gochat_streams.topics import TopicSpec, ensure_topics
 
-from .common import WAIT_S, text_message
-
-
-async def _forward(producer: AIOKafkaProducer, topic: str, partition: int, records: list[Any]) -> list[Any]:
-    """``records`` to the same partition of ``topic``, in as few batches as fit; their futures."""
-    sent, batch = [], producer.create_batch()
-    for record in records:
-        if batch.append(key=record.key, value=record.value, timestamp=None) is None:
-            sent.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
-            batch.append(key=record.key, value=record.value, timestamp=None)
-    sent.append(await producer.send_batch(batch, topic, partition=partition))
-    return sent
+from .common import WAIT_S, send_batches, text_message
 
 
 #: Sends not yet acknowledged before the loop waits for them.
@@ -59,7 +47,7 @@ async def run_raw(s: Settings, records: int) -> dict[str, Any]:
             async with asyncio.timeout(WAIT_S):
                 while moved < records:
                     for tp, rs in (await consumer.getmany(timeout_ms=200, max_records=5000)).items():
-                        in_flight += await _forward(producer, sink, tp.partition, rs)
+                        in_flight += await send_batches(producer, sink, tp.partition, rs)
                         moved += len(rs)
                     if len(in_flight) > MAX_IN_FLIGHT:  # bounded memory; the producer keeps batching meanwhile
                         await asyncio.gather(*in_flight)
