@@ -2,6 +2,7 @@
 
 ``--smoke`` runs it tiny, to check that it completes and loses nothing (CI does), not how fast.
 ``--broker kafka://host:9092`` measures against your own cluster instead of Tansu.
+``--profile`` samples the servers with py-spy while the clock runs (bench/profile.py).
 ``python -m bench SCENARIO -h`` says what a scenario measures (its module's docstring) and its
 options. The exit code is 1 if anything was lost.
 """
@@ -23,7 +24,7 @@ MODULES = {"raw": raw, "logic": logic, "e2e": e2e, "group": group, "memory": mem
 #: scenario -> option -> (default, default with --smoke)
 SIZES: dict[str, dict[str, tuple[Any, Any]]] = {
     "raw": {"records": (200_000, 2_000)},
-    "logic": {"records": (20_000, 200), "users": (10_000, 50)},
+    "logic": {"records": (20_000, 200), "users": (10_000, 50), "workers": (1, 1)},
     "e2e": {"users": (1_000, 20), "steps": ([500, 1_000, 2_000, 4_000], [50]), "step_seconds": (30.0, 2.0),
             "drain_seconds": (5.0, 5.0)},
     "group": {"members": (1_000, 20), "groups": (10, 10)},
@@ -38,7 +39,8 @@ def _loads(text: str) -> list[int]:
 #: scenario -> option -> (type, help)
 OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
     "raw": {},
-    "logic": {"records": (int, "messages to send"), "users": (int, "online users")},
+    "logic": {"records": (int, "messages to send"), "users": (int, "online users"),
+              "workers": (int, "logic workers sharing the partitions")},
     "e2e": {"users": (int, "online users, half on each gateway"),
             "steps": (_loads, "offered loads in msgs/s, as 500,1000"),
             "step_seconds": (float, "how long each load is offered"),
@@ -61,7 +63,8 @@ async def run(bench: Bench, args: argparse.Namespace) -> Result:
         ceiling = await raw.run_raw(bench.settings, SIZES["raw"]["records"][1 if args.smoke else 0])
         if args.scenario == "raw":
             return Result([ceiling])
-        row = await logic.run_logic(bench, _size(args, "records"), users=_size(args, "users"))
+        row = await logic.run_logic(bench, _size(args, "records"), users=_size(args, "users"),
+                                    workers=_size(args, "workers"))
         row["ratio_to_raw"] = round(row["msgs_per_s"] / ceiling["msgs_per_s"], 4)
         return Result([ceiling, row])
     if args.scenario == "e2e":
@@ -74,13 +77,13 @@ async def run(bench: Bench, args: argparse.Namespace) -> Result:
 
 async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="gochat-bench-") as tmp:
-        bench = new_bench(Path(tmp), args.broker)
+        bench = new_bench(Path(tmp), args.broker, args.profile)
         try:
             result = await run(bench, args)
         finally:
             bench.stack.stop()
     report(args.scenario, result.rows, {"smoke": args.smoke, "broker": args.broker or "tansu (loopback)",
-                                         **result.extra}, result.summary)
+                                         **result.extra, "profiles": bench.profiles}, result.summary)
     return 1 if any(lost(row) for row in result.rows) else 0
 
 
@@ -88,6 +91,8 @@ def main() -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--smoke", action="store_true", help="tiny run: completes, loses nothing")
     shared.add_argument("--broker", help="a broker URL instead of a Tansu of its own")
+    shared.add_argument("--profile", action="store_true",
+                        help="sample the servers with py-spy while the clock runs (logic, e2e)")
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     scenarios = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -11,7 +12,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ from gochat_streams.gateway.tokens import issue_token
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.monitor import OffsetReader, lags
 from gochat_streams.settings import Settings
+
+from .profile import Profile, print_profile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: How long a scenario waits for something that should happen.
@@ -69,6 +72,23 @@ class Bench:
     stack: Stack
     env: dict[str, str]
     root: Path
+    #: Sample the processes a scenario names with py-spy while its clock runs (``--profile``).
+    profile: bool = False
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def profiled(self, *services: Service) -> Iterator[None]:
+        """Profile ``services`` for the block's duration, if this run profiles."""
+        if not self.profile:
+            yield
+            return
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        runs = [Profile.start(service.name, service.proc.pid, RESULTS / f"profile-{service.name}-{stamp}.txt")
+                for service in services]
+        try:
+            yield
+        finally:
+            self.profiles += [run.stop() for run in runs]
 
     @property
     def settings(self) -> Settings:
@@ -127,7 +147,7 @@ def _ready(url: str) -> bool:
         return False
 
 
-def new_bench(root: Path, broker: str | None) -> Bench:
+def new_bench(root: Path, broker: str | None, profile: bool = False) -> Bench:
     stack = Stack(root / "logs")
     env = {
         **DEV_ENV,
@@ -135,7 +155,7 @@ def new_bench(root: Path, broker: str | None) -> Bench:
         "GOCHAT_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}.",
         "GOCHAT_TABLE_STORE": "rocksdb://",
     }
-    return Bench(stack, env, root)
+    return Bench(stack, env, root, profile)
 
 
 def raise_open_files(needed: int) -> None:
@@ -350,6 +370,8 @@ def report(scenario: str, rows: list[dict[str, Any]], extra: dict[str, Any], sum
         print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
     if summary:
         print(f"\n{summary}")
+    for profile in extra.get("profiles", []):
+        print_profile(profile)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps({"scenario": scenario, "machine": machine(), "rows": rows, **extra}, indent=2))

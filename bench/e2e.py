@@ -161,12 +161,13 @@ async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, dra
         await clients.connect(gateways, names)
         await wait_online(worker, names)
         rng = random.Random(6)  # the same traffic every run
-        for index, offered in enumerate(steps):
-            step = Step(offered, step_s)
-            tracker.steps.append(step)
-            await _offer(clients, names, rng, index, step)
-            await settle(lambda: step.arrived, step.sent, drain_s)
-            step.drained = True
+        with bench.profiled(worker, *gateways):
+            for index, offered in enumerate(steps):
+                step = Step(offered, step_s)
+                tracker.steps.append(step)
+                await _offer(clients, names, rng, index, step)
+                await settle(lambda: step.arrived, step.sent, drain_s)
+                step.drained = True
         await settle(lambda: sum(st.arrived for st in tracker.steps), sum(st.sent for st in tracker.steps), WAIT_S,
                      idle_s=IDLE_S)
         dropped = clients.dropped

@@ -1,7 +1,8 @@
 """``logic``: the single-chat path without gateways.
 
-A logic worker starts; every user is first made online on one of 4 gateway ids (presence
-changes on ``im-user-topic``, consumed before the clock starts). Then the clock runs
+The logic workers start (``--workers``, 1 by default); every user is first made online
+on one of 4 gateway ids (presence changes on ``im-user-topic``, consumed before the
+clock starts). Then the clock runs
 from the first upstream message produced until the last one is on a downstream topic:
 route_upstream, deliver (presence lookup, inbox entry, dedup mark) and the push, with
 the persist tasks written on the side. Nothing may be lost: every message must arrive.
@@ -26,10 +27,11 @@ from .common import Bench, count_records, text_message, wait_consumed
 GATEWAYS = [f"gw{i}" for i in range(4)]
 
 
-async def run_logic(bench: Bench, records: int, users: int) -> dict[str, Any]:
+async def run_logic(bench: Bench, records: int, users: int, workers: int = 1) -> dict[str, Any]:
     s = bench.settings
     await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in GATEWAYS)])
-    bench.start_worker("logic")
+    # Each start waits until that worker is ready, so the group has settled on all of them.
+    started_workers = [bench.start_worker(f"logic{n}") for n in range(1, workers + 1)]
     producer = AIOKafkaProducer(**{**producer_kwargs(s), "linger_ms": 5, "max_batch_size": 256 * 1024})
     await producer.start()
     try:
@@ -41,14 +43,15 @@ async def run_logic(bench: Bench, records: int, users: int) -> dict[str, Any]:
 
         values = [(f"s{i % 1000}", json.dumps(text_message(i, f"s{i % 1000}", f"u{(i * 7) % users}")).encode())
                   for i in range(records)]
-        started = time.perf_counter()
-        counting = asyncio.create_task(count_records(
-            s, [topics.downstream_name(s, gw) for gw in GATEWAYS], records, started))
-        sends = [await producer.send(topics.upstream(s).name, value, key=key.encode()) for key, value in values]
-        await asyncio.gather(*sends)
-        produced_s = time.perf_counter() - started
-        delivered, seconds = await counting
+        with bench.profiled(*started_workers):
+            started = time.perf_counter()
+            counting = asyncio.create_task(count_records(
+                s, [topics.downstream_name(s, gw) for gw in GATEWAYS], records, started))
+            sends = [await producer.send(topics.upstream(s).name, value, key=key.encode()) for key, value in values]
+            await asyncio.gather(*sends)
+            produced_s = time.perf_counter() - started
+            delivered, seconds = await counting
     finally:
         await producer.stop()
-    return {"scenario": "logic", "records": records, "delivered": delivered, "seconds": round(seconds, 3),
+    return {"scenario": "logic", "workers": workers, "records": records, "delivered": delivered, "seconds": round(seconds, 3),
             "msgs_per_s": round(records / seconds, 1), "produce_s": round(produced_s, 3)}
