@@ -77,7 +77,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         broker_heartbeat_interval=group.heartbeat_interval_ms / 1000,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         producer_acks=-1,
-        producer_linger_ms=settings.producer_linger_ms,
+        producer_linger=settings.producer_linger_ms / 1000,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,

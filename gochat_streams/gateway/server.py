@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..alerting import Alerting, Observations
-from ..compat.aiokafka import track_topic
+from ..compat.aiokafka import drain_whole_nodes, track_topic
 from ..deadletters import buried, dead_letter, retrying
 from ..history import RecentMessages
 from ..kafka import consumer_kwargs, producer_kwargs
@@ -103,7 +103,7 @@ async def _history_clients(app: web.Application) -> AsyncIterator[None]:
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     await topics.ensure_topics(s, [*topics.core(s), topics.downstream(s, s.gateway_id)])
-    producer = AIOKafkaProducer(**producer_kwargs(s))
+    producer = drain_whole_nodes(AIOKafkaProducer(**producer_kwargs(s)))
     await producer.start()
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
