@@ -25,7 +25,7 @@ MODULES = {"raw": raw, "logic": logic, "e2e": e2e, "group": group, "memory": mem
 SIZES: dict[str, dict[str, tuple[Any, Any]]] = {
     "raw": {"records": (200_000, 2_000)},
     "logic": {"records": (20_000, 200), "users": (10_000, 50), "workers": (1, 1)},
-    "e2e": {"users": (1_000, 20), "steps": ([500, 1_000, 2_000, 4_000], [50]), "step_seconds": (30.0, 2.0),
+    "e2e": {"users": (1_000, 20), "steps": ([100, 250, 500, 1_000, 2_000, 4_000], [50]), "step_seconds": (30.0, 2.0),
             "drain_seconds": (5.0, 5.0)},
     "group": {"members": (1_000, 20), "groups": (10, 10)},
     "memory": {"users": (100_000, 1_000), "marks": (1_000_000, 10_000), "sockets": (10_000, 100)},

@@ -9,9 +9,14 @@ gochat_streams/alerting.py evaluates the same rules in the app.
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
+from typing import Any
 
 import faust
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.sensors.monitor import Monitor
+from faust.sensors.prometheus import FaustMetrics
+from faust.sensors.prometheus import PrometheusMonitor as FaustPrometheusMonitor
+from faust.types import TP, CollectionT, EventT, Message, ProducerT, StreamT
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -101,6 +106,64 @@ def reject(where: str, reason: str, detail: object) -> None:
 
 def count_consumed(service: str, topic: str, namespace: str, count: int = 1) -> None:
     messages_consumed.labels(service, topic.removeprefix(namespace)).inc(count)
+
+
+class PrometheusMonitor(FaustPrometheusMonitor):
+    """Faust's Prometheus sensor, with each labelled child looked up once rather than per call.
+
+    Faust calls ``.labels()`` for every record in, event, send and table access: 8% of a
+    worker's busy time in ``bench logic --profile``. The metrics are the same.
+    """
+
+    def __init__(self, metrics: FaustMetrics, **kwargs: Any) -> None:
+        super().__init__(metrics, **kwargs)
+        self._children: dict[Hashable, Any] = {}
+
+    def _child(self, key: Hashable, metric: Any, **labels: object) -> Any:
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(**labels)
+        return child
+
+    def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
+        Monitor.on_message_in(self, tp, offset, message)
+        m = self._metrics
+        m.messages_received.inc()
+        m.active_messages.inc()
+        self._child(("in", tp.topic), m.messages_received_per_topics, topic=tp.topic).inc()
+        self._child(tp, m.messages_received_per_topics_partition, topic=tp.topic, partition=tp.partition).set(offset)
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: StreamT, event: EventT) -> dict | None:
+        state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
+        m = self._metrics
+        m.total_events.inc()
+        m.total_active_events.inc()
+        child = self._children.get(stream)
+        if child is None:
+            child = self._children[stream] = m.total_events_per_stream.labels(
+                stream=f"stream.{self._stream_label(stream)}.events")
+        child.inc()
+        return state
+
+    def _table_op(self, table: CollectionT, operation: str) -> None:
+        self._child((table.name, operation), self._metrics.table_operations, table=f"table.{table.name}",
+                    operation=operation).inc()
+
+    def on_table_get(self, table: CollectionT, key: Any) -> None:
+        Monitor.on_table_get(self, table, key)
+        self._table_op(table, self.KEYS_RETRIEVED)
+
+    def on_table_set(self, table: CollectionT, key: Any, value: Any) -> None:
+        Monitor.on_table_set(self, table, key, value)
+        self._table_op(table, self.KEYS_UPDATED)
+
+    def on_table_del(self, table: CollectionT, key: Any) -> None:
+        Monitor.on_table_del(self, table, key)
+        self._table_op(table, self.KEYS_DELETED)
+
+    def on_send_initiated(self, producer: ProducerT, topic: str, message: Any, keysize: int, valsize: int) -> Any:
+        self._child(("sent", topic), self._metrics.topic_messages_sent, topic=f"topic.{topic}").inc()
+        return Monitor.on_send_initiated(self, producer, topic, message, keysize, valsize)
 
 
 def serve_metrics(app: faust.App, prefix: str) -> None:
