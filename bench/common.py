@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from gochat_streams import topics
 from gochat_streams.devstack import DEV_ENV, Stack, free_port
 from gochat_streams.gateway.tokens import issue_token
 from gochat_streams.kafka import client_kwargs
@@ -133,6 +134,17 @@ class Bench:
         data = self.root / name
         data.mkdir(parents=True, exist_ok=True)
         return data
+
+
+async def start_chat_services(bench: Bench, gateway_ids: list[str], env: dict[str, str]) -> tuple[Service, list[Service]]:
+    """Everything a client needs, started in order: topics, a logic worker, a task worker and
+    the gateways (with ``env`` for the clients' side); the logic worker and the gateways."""
+    bench.serve_clients(env)
+    s = bench.settings
+    await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in gateway_ids)])
+    worker = bench.start_worker("logic")
+    bench.start_worker("tasks", app=TASK_APP)
+    return worker, [bench.start_gateway(gw) for gw in gateway_ids]
 
 
 def _count(log: Path, text: str) -> int:

@@ -36,9 +36,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from gochat_streams import topics
-
-from .common import GATEWAY_LOAD_ENV, TASK_APP, WAIT_S, Bench, Clients, Frame, Result, settle, wait_online
+from .common import (GATEWAY_LOAD_ENV, WAIT_S, Bench, Clients, Frame, Result, settle, start_chat_services,
+                     wait_online)
 
 GATEWAYS = ["gw0", "gw1"]
 #: The scheduler's period: each tick sends what is due by then.
@@ -150,12 +149,7 @@ async def _offer(clients: Clients, users: list[str], rng: random.Random, index: 
 
 
 async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, drain_s: float) -> Result:
-    bench.serve_clients(GATEWAY_LOAD_ENV)
-    s = bench.settings
-    await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in GATEWAYS)])
-    worker = bench.start_worker("logic")
-    bench.start_worker("tasks", app=TASK_APP)
-    gateways = [bench.start_gateway(gw) for gw in GATEWAYS]
+    worker, gateways = await start_chat_services(bench, GATEWAYS, GATEWAY_LOAD_ENV)
     names = [f"u{i:05d}" for i in range(users)]
     tracker = Tracker()
     async with Clients(tracker.on_frame) as clients:

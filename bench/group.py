@@ -28,11 +28,10 @@ import time
 from collections import Counter
 from typing import Any
 
-from gochat_streams import topics
 from gochat_streams.settings import Settings
 
-from .common import (GATEWAY_LOAD_ENV, TASK_APP, WAIT_S, Bench, Clients, Frame, Result, Service, scrape, settle,
-                     wait_online)
+from .common import (GATEWAY_LOAD_ENV, WAIT_S, Bench, Clients, Frame, Result, Service, scrape, settle,
+                     start_chat_services, wait_online)
 
 GATEWAYS = ["gw0", "gw1"]
 #: The logic worker's count of group messages it fanned out through group_fanout tasks.
@@ -78,12 +77,7 @@ def _fanout_env(members: int) -> dict[str, str]:
 
 async def run_group(bench: Bench, members: int, groups: int) -> Result:
     fanout = _fanout_env(members)
-    bench.serve_clients({**GATEWAY_LOAD_ENV, **fanout})
-    s = bench.settings
-    await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in GATEWAYS)])
-    worker = bench.start_worker("logic")
-    bench.start_worker("tasks", app=TASK_APP)
-    gateways = [bench.start_gateway(gw) for gw in GATEWAYS]
+    worker, gateways = await start_chat_services(bench, GATEWAYS, {**GATEWAY_LOAD_ENV, **fanout})
     users = [f"u{i:05d}" for i in range(members)]
     group_ids = [f"g{i}" for i in range(groups)]
     receipts = Receipts()
