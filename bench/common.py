@@ -136,7 +136,8 @@ class Bench:
         return data
 
 
-async def start_chat_services(bench: Bench, gateway_ids: list[str], env: dict[str, str]) -> tuple[Service, list[Service]]:
+async def start_chat_services(bench: Bench, gateway_ids: list[str],
+                              env: dict[str, str]) -> tuple[Service, list[Service]]:
     """Everything a client needs, started in order: topics, a logic worker, a task worker and
     the gateways (with ``env`` for the clients' side); the logic worker and the gateways."""
     bench.serve_clients(env)
