@@ -333,26 +333,32 @@ async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, messag
 
 
 async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
+    """One client frame. Acks of what this socket was pushed are not rate-limited.
+
+    A client acks every message it gets, so after a long absence its reconnect sync
+    alone would use up the bucket; those acks are bounded by what the gateway pushed.
+    Everything else (sends, bad frames, acks of nothing) takes a token.
+    """
     s = app[SETTINGS]
-    if not conn.frames.take():
-        await _error(conn.ws, "rate_limited", f"at most {s.max_frames_per_s:g} frames a second; frame dropped")
-        return
     try:
         frame = decode_client_frame(data, max_bytes=s.max_frame_bytes)
     except DecodeError as exc:
-        await _error(conn.ws, _ERROR_CODES.get(exc.reason, "invalid_frame"), exc.detail)
+        if conn.frames.take():
+            await _error(conn.ws, _ERROR_CODES.get(exc.reason, "invalid_frame"), exc.detail)
         return
-    if isinstance(frame, AckFrame):
+    if isinstance(frame, AckFrame) and frame.message_id in conn.unacked:
         await _on_ack(app, conn, frame)
-    else:
+    elif not conn.frames.take():
+        message_id = frame.message_id if isinstance(frame, AckFrame) else frame.message.message_id
+        await _error(conn.ws, "rate_limited", f"at most {s.max_frames_per_s:g} frames a second; frame dropped",
+                     message_id)
+    elif isinstance(frame, SendFrame):
         await _on_send(app, conn, frame)
 
 
 async def _on_ack(app: web.Application, conn: Connection, frame: AckFrame) -> None:
-    """Forward the acknowledgement to the user's inbox; acking twice, or an echo, is a no-op."""
-    seq = conn.unacked.pop(frame.message_id, None)
-    if seq is None:
-        return
+    """Forward the acknowledgement of a message pushed to this socket to the user's inbox."""
+    seq = conn.unacked.pop(frame.message_id)
     s = app[SETTINGS]
     ack = Ack(user_id=conn.user_id, message_id=frame.message_id, seq=seq)
     try:

@@ -140,9 +140,32 @@ async def test_a_frame_flood_is_limited_per_socket(cluster: Cluster, connect: An
         await alice.send(f"flood-{i}", "bob")
     frames = await alice.frames(8)
     assert [f["type"] for f in frames] == ["ack"] * 5 + ["error"] * 3
-    assert {f["code"] for f in frames[5:]} == {"rate_limited"}
+    assert [(f["code"], f["message_id"]) for f in frames[5:]] == [("rate_limited", f"flood-{i}") for i in (5, 6, 7)]
     # The socket stays open and the bucket refills.
     await asyncio.sleep(1.5)
     await alice.send("later", "bob")
     assert await alice.next_frame() == {"type": "ack", "message_id": "later"}
     assert [m["message_id"] for m in await bob.messages(6)] == [f"flood-{i}" for i in range(5)] + ["later"]
+
+
+async def test_acks_of_a_reconnect_sync_are_not_rate_limited(cluster: Cluster, connect: Any) -> None:
+    cluster.env.update({"GOCHAT_MAX_FRAMES_PER_S": "0.5", "GOCHAT_MAX_FRAMES_BURST": "3"})
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    alice = await connect(gw, "alice")
+    for i in range(3):
+        await alice.send(f"while-away-{i}", "bob")
+    assert [f["type"] for f in await alice.frames(3)] == ["ack"] * 3
+    bob = await connect(gw, "bob")
+    # More acks than the bucket holds, and bob's own sends after them still pass.
+    assert [m["message_id"] for m in await bob.messages(3, ack=True)] == [f"while-away-{i}" for i in range(3)]
+    await bob.ack("never-pushed")
+    await bob.send("reply", "alice")
+    await bob.send("reply-2", "alice")
+    assert await bob.frames(2) == [{"type": "ack", "message_id": "reply"}, {"type": "ack", "message_id": "reply-2"}]
+    # The acks reached bob's inbox: a new socket gets nothing again, only what is new.
+    await bob.ws.close()
+    bob = await connect(gw, "bob")
+    await asyncio.sleep(2)  # alice's bucket refills a token
+    await alice.send("later", "bob")
+    assert [m["message_id"] for m in await bob.messages(1)] == ["later"]
