@@ -13,8 +13,8 @@ worker itself would have written them, and the worker recovers them before it is
   the user id; a mark's own key is longer);
 - keys raw (the tables' ``key_type=bytes``), values compact JSON (their ``json`` serializer);
 - presence ``user -> {gateway_id: {connection_id: connected_at_ms}}``; per user, its marks
-  with their expiry log (tables/dedup.py ``remember``, as ``deliver`` calls it) and its
-  inbox cursor.
+  and the sealed chunks of their expiry log (tables/dedup.py ``remember``, as ``deliver``
+  calls it), and its inbox cursor, which carries the log.
 
 Once the worker is ready, a sample of 20 users is checked through its ``/users/{id}/`` and
 ``/users/{id}/delivered/{sender}/{message_id}/`` views (verified), and its VmRSS (and VmHWM,
@@ -141,9 +141,10 @@ async def _write_state(bench: Bench, users: int, per_user: int) -> int:
             partition = partitioner(user.encode(), all_partitions, all_partitions)
             await writer.add(presence, partition, user, {GATEWAYS[i % len(GATEWAYS)]: {f"{i:032x}": at}})
             state: dict[str, Any] = {}
+            log = None
             for j in range(per_user):  # inbox seqs start at 1 (agents/delivery.py)
-                remember(state, user, mark_key(user, *_mark(j)), j + 1, at, ttl_ms)
-            state[cursor_key(user)] = {"next": per_user + 1, "floor": per_user + 1}  # every one acknowledged
+                log = remember(state, user, log, mark_key(user, *_mark(j)), j + 1, at, ttl_ms)
+            state[cursor_key(user)] = {"next": per_user + 1, "floor": per_user + 1, "log": log}  # all acknowledged
             for key, value in state.items():
                 await writer.add(inbox, partition, key, value)
         await writer.close()

@@ -43,7 +43,7 @@ async def user_state(self: web.View, request: web.Request, user_id: str) -> web.
     pending = [] if cursor is None else [
         seq for seq in range(cursor["floor"], cursor["next"]) if entry_key(user_id, seq) in inbox
     ]
-    delivered = marks(inbox, user_id)
+    delivered = marks(inbox, user_id, cursor["log"] if cursor else None)
     gateways = presence.get(user_id) or {}
     connections = sorted(
         ({"gateway_id": gw, "connection_id": cid, "connected_at": at} for gw, conns in gateways.items()
@@ -54,7 +54,8 @@ async def user_state(self: web.View, request: web.Request, user_id: str) -> web.
         "user_id": user_id,
         "presence": gateways,
         "connections": connections,
-        "inbox": {"cursor": cursor, "pending": len(pending), "first_pending": pending[0] if pending else None},
+        "inbox": {"cursor": cursor and {"next": cursor["next"], "floor": cursor["floor"]}, "pending": len(pending),
+                  "first_pending": pending[0] if pending else None},
         "delivered": {"count": len(delivered), "recent": delivered[-RECENT_MARKS:]},
     })
 

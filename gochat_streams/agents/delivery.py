@@ -37,7 +37,7 @@ from ..metrics import count_consumed, messages_deduplicated, messages_routed
 from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
 from ..outbox import Outgoing
 from ..routing import gateways_for, offline_push_task
-from ..tables.dedup import delivered_mark, mark_key, remember
+from ..tables.dedup import delivered_mark, listed, mark_key, remember
 from ..tables.inbox import Cursor, cursor_key, entry_key, inbox
 from ..tables.presence import presence, with_connection, without_connection, without_stale
 from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
@@ -90,17 +90,17 @@ def _keep(user_id: str, message: DownstreamMessage, mark: str, now: int, ttl: in
     Written in this order (entry, mark, cursor), which the changelog keeps: a mark
     found after a crash always has its entry, and _on_delivery mends the cursor.
     """
-    cursor: Cursor = inbox.get(cursor_key(user_id)) or {"next": 1, "floor": 1}
+    cursor: Cursor = inbox.get(cursor_key(user_id)) or {"next": 1, "floor": 1, "log": None}
     seq = cursor["next"]
     inbox[entry_key(user_id, seq)] = message.model_dump(mode="json")
-    remember(inbox, user_id, mark, seq, now, ttl)
+    log = remember(inbox, user_id, cursor["log"], mark, seq, now, ttl)
     floor = cursor["floor"]
     while seq + 1 - floor > settings.inbox_max_pending:
         # Oldest first out: the message stays in the store's history.
         if (stale := entry_key(user_id, floor)) in inbox:
             del inbox[stale]
         floor += 1
-    inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": floor}
+    inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": floor, "log": log}
     return seq
 
 
@@ -120,7 +120,8 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
         seq = mark["seq"]
         cursor: Cursor | None = inbox.get(cursor_key(user_id))
         if cursor is None or cursor["next"] <= seq:  # killed between mark and cursor
-            inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": cursor["floor"] if cursor else 1}
+            log = listed(inbox, user_id, cursor["log"] if cursor else None, key, now, ttl)
+            inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": cursor["floor"] if cursor else 1, "log": log}
         entry = inbox.get(entry_key(user_id, seq))
         if entry is None or entry["message_id"] != message.message_id:
             return []  # acknowledged, or dropped from a full inbox
@@ -150,7 +151,7 @@ def _on_ack(ack: Ack) -> list[Outgoing]:
     floor = cursor["floor"] + 1
     while floor < cursor["next"] and entry_key(ack.user_id, floor) not in inbox:
         floor += 1
-    inbox[cursor_key(ack.user_id)] = {"next": cursor["next"], "floor": floor}
+    inbox[cursor_key(ack.user_id)] = {**cursor, "floor": floor}
     return []
 
 

@@ -3,10 +3,11 @@
 ``inbox`` holds, per user, four kinds of keys (ids cannot contain "/" or "#",
 models/common.py, so they cannot collide):
 
-- ``"{user}"`` -> ``{"next": seq to assign, "floor": lowest seq that may be pending}``
+- ``"{user}"`` -> ``{"next": seq to assign, "floor": lowest seq that may be pending,
+  "log": the delivered marks' expiry log}``
 - ``"{user}/{seq}"`` -> an unacknowledged DownstreamMessage, as a dict
 - ``"{user}/{sender}/{message_id}"`` -> ``{"at": ms, "seq": n}``: delivered (tables/dedup.py)
-- ``"{user}#"``, ``"{user}#{n}"``: the delivered marks' expiry log (tables/dedup.py)
+- ``"{user}#{n}"``: a sealed chunk of that expiry log (tables/dedup.py)
 
 Why one table: Faust writes a table's changelog on the partition of the event being
 handled, and the producer keeps one partition's records in order. One event's writes
@@ -26,11 +27,13 @@ from typing import TypedDict
 
 from ..app import app, settings
 from ..topics import user
+from .dedup import Log
 
 
 class Cursor(TypedDict):
     next: int
     floor: int
+    log: Log | None
 
 
 inbox = app.Table(
