@@ -3,8 +3,8 @@
 A logic worker, a task worker and 2 gateways start; the users (1,000) connect as WebSocket
 clients in this process, half on each gateway, and the clock waits until the worker's
 presence table has every one (its ``/users/{id}/`` view). Then, for each offered load
-(100, 250, 500, 1,000, 2,000, 4,000 msgs/s, 30 s each, up to the first one not held: a
-higher load would only grow the backlog), a scheduler sends every 10 ms the messages due so
+(100, 250, 500, 1,000, 2,000, 4,000 msgs/s, 30 s each, up to the first one not kept up
+with: a higher load would only grow the backlog), a scheduler sends every 10 ms the messages due so
 far: each a ``send`` frame from a random user to a random other user, on either gateway,
 whose content is its send time (``perf_counter_ns``: one process sends and receives, so
 latency is receive - send, client to client). Every client acks each message it gets, as a
@@ -15,8 +15,9 @@ error frames), delivered (within the drain wait, ``--drain-seconds`` after the s
 send; the next step starts then), late (arrived after that, before the run ended), lost
 (never arrived: sent - refused - delivered - late, after a last wait that ends when nothing
 has arrived for 10 s), duplicates, and latency percentiles over all of the step's messages.
-A load is held when p99 < 100 ms and every message arrived within the drain wait, sent at
->= 95% of the offered rate; the highest one held is printed and in the JSON.
+A load is kept up with when every message arrived within the drain wait, sent at >= 95% of
+the offered rate, and held when also p99 < 100 ms; the highest one held is printed and in
+the JSON.
 
 The gateways' flood protection is raised (common.GATEWAY_LOAD_ENV), so that the bench's load
 is measured rather than refused: ``GOCHAT_MAX_FRAMES_PER_S``/``_BURST`` (50/s, 200 a socket:
@@ -82,8 +83,8 @@ class Step:
             "duplicates": self.duplicates,
             **{f"p{q}_ms": _percentile(ms, q) for q in (50, 95, 99)}, "max_ms": round(ms[-1], 1) if ms else None,
         }
-        row["held"] = (row["p99_ms"] is not None and row["p99_ms"] < HELD_P99_MS and self.delivered == self.sent
-                       and sent_per_s >= HELD_SEND_RATIO * self.offered)
+        row["kept_up"] = self.delivered == self.sent and sent_per_s >= HELD_SEND_RATIO * self.offered
+        row["held"] = row["kept_up"] and row["p99_ms"] is not None and row["p99_ms"] < HELD_P99_MS
         return row
 
 
@@ -163,7 +164,7 @@ async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, dra
                 await _offer(clients, names, rng, index, step)
                 await settle(lambda: step.arrived, step.sent, drain_s)
                 step.drained = True
-                if not step.row()["held"]:
+                if not step.row()["kept_up"]:
                     break  # saturated: a higher load cannot be held, and its backlog would only grow
         await settle(lambda: sum(st.arrived for st in tracker.steps), sum(st.sent for st in tracker.steps), WAIT_S,
                      idle_s=IDLE_S)
