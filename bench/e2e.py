@@ -21,7 +21,7 @@ the JSON.
 
 The gateways' flood protection is raised (common.GATEWAY_LOAD_ENV), so that the bench's load
 is measured rather than refused: ``GOCHAT_MAX_FRAMES_PER_S``/``_BURST`` (50/s, 200 a socket:
-acks count as frames, and a random sender bursts past the average), ``GOCHAT_MAX_UNSENT``
+a random sender bursts past the average), ``GOCHAT_MAX_UNSENT``
 (10,000 sends waiting for the broker are refused at once: a slow broker would show as
 refusals instead of latency) and ``GOCHAT_WS_HEARTBEAT_S`` (30 s: a socket whose pong is 15 s
 late is closed and its user goes offline; this process, loaded on 2 cores, may read late).
