@@ -77,8 +77,8 @@ class Connection:
         if key in self._pushed:
             messages_deduplicated.labels("socket").inc()
             return True
-        if not await self.send(frame):
-            return False
+        # Owed before the send: while a slow socket drains, the client may already
+        # have the frame and ack it, and an ack of nothing owed is ignored.
         self._pushed[key] = None
         if len(self._pushed) > _PUSHED_REMEMBERED:
             self._pushed.popitem(last=False)
@@ -86,6 +86,11 @@ class Connection:
             self.unacked[message_id] = seq
             if len(self.unacked) > _UNACKED_KEPT:
                 del self.unacked[next(iter(self.unacked))]
+        if not await self.send(frame):
+            self._pushed.pop(key, None)
+            if seq is not None:
+                self.unacked.pop(message_id, None)
+            return False
         return True
 
     async def send(self, frame: str) -> bool:
