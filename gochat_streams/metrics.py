@@ -117,12 +117,12 @@ class PrometheusMonitor(FaustPrometheusMonitor):
 
     def __init__(self, metrics: FaustMetrics, **kwargs: Any) -> None:
         super().__init__(metrics, **kwargs)
-        self._children: dict[Hashable, Any] = {}
+        self._labelled: dict[Hashable, Any] = {}
 
     def _child(self, key: Hashable, metric: Any, **labels: object) -> Any:
-        child = self._children.get(key)
+        child = self._labelled.get(key)
         if child is None:
-            child = self._children[key] = metric.labels(**labels)
+            child = self._labelled[key] = metric.labels(**labels)
         return child
 
     def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
@@ -138,9 +138,9 @@ class PrometheusMonitor(FaustPrometheusMonitor):
         m = self._metrics
         m.total_events.inc()
         m.total_active_events.inc()
-        child = self._children.get(stream)
+        child = self._labelled.get(stream)
         if child is None:
-            child = self._children[stream] = m.total_events_per_stream.labels(
+            child = self._labelled[stream] = m.total_events_per_stream.labels(
                 stream=f"stream.{self._stream_label(stream)}.events")
         child.inc()
         return state

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
+
+import pytest
 
 from faust.sensors.prometheus import FaustMetrics
 from faust.types import TP
@@ -47,3 +50,12 @@ def test_table_operations_and_sends_are_counted_by_their_labels() -> None:
     assert (ops("inbox", "keys_updated"), ops("inbox", "keys_retrieved"), ops("presence", "keys_deleted")) == (3, 1, 1)
     assert ops("presence", "keys_updated") is None
     assert registry.get_sample_value("t_topic_messages_sent_total", {"topic": "topic.down"}) == 2
+
+
+async def test_it_stops_cleanly_after_counting(caplog: pytest.LogCaptureFixture) -> None:
+    # The cache once shadowed mode's Service._children, and stopping tried to stop its keys.
+    monitor, _ = _monitor()
+    await monitor.start()
+    monitor.on_table_get(SimpleNamespace(name="inbox"), "k")
+    await monitor.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
