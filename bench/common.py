@@ -164,9 +164,9 @@ def new_bench(root: Path, broker: str | None, profile: bool = False) -> Bench:
     stack = Stack(root / "logs")
     env = {
         **DEV_ENV,
-        # Settings to measure with, as GOCHAT_FETCH_MAX_WAIT_MS=10 python -m bench e2e.
-        **{name: value for name, value in os.environ.items()
-           if name.startswith("GOCHAT_") and name[len("GOCHAT_"):].lower() in Settings.model_fields},
+        # Every process inherits the environment's GOCHAT_* settings (Stack.spawn); here they
+        # override the dev stack's too, as in GOCHAT_FETCH_MAX_WAIT_MS=50 python -m bench e2e.
+        **{name: os.environ[name] for name in DEV_ENV if name in os.environ},
         "GOCHAT_BROKER_URL": broker or stack.start_broker(free_port()),
         "GOCHAT_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}.",
         "GOCHAT_TABLE_STORE": "rocksdb://",

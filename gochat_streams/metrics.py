@@ -139,7 +139,7 @@ class PrometheusMonitor(FaustPrometheusMonitor):
         m.total_events.inc()
         m.total_active_events.inc()
         child = self._labelled.get(stream)
-        if child is None:
+        if child is None:  # not _child: the stream's label is worth building only on a miss
             child = self._labelled[stream] = m.total_events_per_stream.labels(
                 stream=f"stream.{self._stream_label(stream)}.events")
         child.inc()
