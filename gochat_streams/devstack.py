@@ -28,6 +28,7 @@ from pathlib import Path
 #: timeout and ignores LeaveGroup, so sessions are short here and only here; it answers
 #: a waiting Fetch late (compat/tansu.py), so fetches wait briefly.
 DEV_ENV = {
+    "GOCHAT_DEV_MODE": "1",
     "GOCHAT_UPSTREAM_REPLICAS": "1",
     "GOCHAT_DOWNSTREAM_REPLICAS": "1",
     "GOCHAT_TASK_REPLICAS": "1",

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     history_max_limit: int = Field(200, ge=1)
     history_cache_ttl_s: int = Field(300, ge=1)
 
+    #: The dev stack and the tests set this (GOCHAT_DEV_MODE=1): it allows what production
+    #: must not run with, such as a default or short token secret.
+    dev_mode: bool = False
+
     # Gateway
     gateway_id: str = Field("gateway_001", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     gateway_host: str = "127.0.0.1"

@@ -6,7 +6,7 @@ frames and receives ``ack``, ``message`` and ``error`` frames. The gateway produ
 ``im-upstream-topic`` keyed by sender, publishes the user's presence and
 acknowledgements to ``im-user-topic``, and pushes what arrives on its own
 ``im-downstream-topic-{gateway_id}`` to the recipient's sockets (headers: topics.py).
-``GET /history`` serves a conversation's recent messages to its members.
+``GET /history`` (history.py) serves a conversation's recent messages to its members.
 """
 
 from __future__ import annotations
@@ -24,44 +24,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
-from pydantic import TypeAdapter, ValidationError
-from redis.asyncio import Redis
 
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..alerting import Alerting, Observations
 from ..compat.aiokafka import drain_whole_nodes, track_topic
 from ..deadletters import buried, dead_letter, retrying
-from ..history import RecentMessages
 from ..kafka import consumer_kwargs, producer_kwargs
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
-from ..models.common import Id
 from ..monitor import publish_rule_alerts
 from ..routing import addressing_error
 from ..serving import cancel_all, serve
 from ..settings import Settings
-from ..store import MessageStore, open_store
 from ..trace import hop
+from .auth import authenticate
+from .history import history, history_clients
 from .hub import Connection, Hub, TokenBucket
-from .tokens import InvalidToken, verify_token
+from .keys import HUB, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
 
 log = logging.getLogger(__name__)
-
-SETTINGS = web.AppKey("settings", Settings)
-HUB = web.AppKey("hub", Hub)
-PRODUCER = web.AppKey("producer", AIOKafkaProducer)
-#: Set once the downstream consumer has its partitions and positions: before that,
-#: with ``auto.offset.reset=latest``, a message for a new socket could be skipped.
-READY = web.AppKey("ready", asyncio.Event)
-#: Messages handed to the producer and not yet acknowledged by the broker.
-UNSENT = web.AppKey("unsent", asyncio.Semaphore)
-STORE = web.AppKey("store", MessageStore)
-#: The latencies this gateway measured, for the spec's latency alert rule.
-LATENCIES = web.AppKey("latencies", Observations)
-RECENT = web.AppKey("recent", RecentMessages)
-
-_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
 
 _ERROR_CODES: dict[str, ErrorCode] = {
     "malformed_json": "malformed_json",
@@ -77,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app[READY] = asyncio.Event()
     app[UNSENT] = asyncio.Semaphore(settings.max_unsent)
     app[LATENCIES] = Observations(settings.alert_thresholds())
-    app.cleanup_ctx.append(_history_clients)
+    app.cleanup_ctx.append(history_clients)
     app.cleanup_ctx.append(_kafka_clients)
     app.on_shutdown.append(_close_sockets)
     app.router.add_get("/ws", websocket)
@@ -86,18 +68,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", demo_page)
     return app
-
-
-async def _history_clients(app: web.Application) -> AsyncIterator[None]:
-    s = app[SETTINGS]
-    store = await open_store(s.message_store_url)
-    redis = Redis.from_url(s.redis_url)
-    app[STORE] = store
-    app[RECENT] = RecentMessages(redis, store, namespace=s.namespace, size=s.history_max_limit,
-                                 ttl_s=s.history_cache_ttl_s)
-    yield
-    await redis.aclose()
-    await store.close()
 
 
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
@@ -271,13 +241,6 @@ async def _close_sockets(app: web.Application) -> None:
         await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
 
-def _token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
-    return request.query.get("token")
-
-
 async def _publish_presence(app: web.Application, user_id: str, connection_id: str, online: bool) -> None:
     s = app[SETTINGS]
     change = PresenceChange(
@@ -286,23 +249,12 @@ async def _publish_presence(app: web.Application, user_id: str, connection_id: s
     await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(change))
 
 
-def _authenticate(request: web.Request) -> str:
-    """The token's user, or 401."""
-    token = _token(request)
-    if not token:
-        raise web.HTTPUnauthorized(text="missing token")
-    try:
-        return verify_token(token, request.app[SETTINGS].auth_secret.get_secret_value())
-    except InvalidToken as exc:
-        raise web.HTTPUnauthorized(text=str(exc)) from None
-
-
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     s = app[SETTINGS]
     if not app[READY].is_set():
         raise web.HTTPServiceUnavailable(text="gateway is starting")
-    user_id = _authenticate(request)
+    user_id = authenticate(request)
 
     ws = web.WebSocketResponse(heartbeat=s.ws_heartbeat_s, max_msg_size=4 * s.max_frame_bytes)
     await ws.prepare(request)
@@ -418,26 +370,6 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
     hop("gateway_in", message.message_id, topic=sent.topic, partition=sent.partition, offset=sent.offset,
         started=started, from_user_id=user_id)
     await ws.send_json({"type": "ack", "message_id": message.message_id})
-
-
-async def history(request: web.Request) -> web.Response:
-    """``GET /history?conversation_id=...&limit=N``: the newest messages, oldest first, for members."""
-    user_id = _authenticate(request)
-    s = request.app[SETTINGS]
-    try:
-        conversation_id = _ID_ADAPTER.validate_python(request.query.get("conversation_id"))
-        limit = int(request.query.get("limit", s.history_default_limit))
-    except (ValidationError, ValueError):
-        raise web.HTTPBadRequest(text="conversation_id (an id) and an integer limit are expected") from None
-    if not 1 <= limit <= s.history_max_limit:
-        raise web.HTTPBadRequest(text=f"limit must be between 1 and {s.history_max_limit}")
-    if not await request.app[STORE].is_member(conversation_id, user_id):
-        raise web.HTTPForbidden(text=f"{user_id} is not a member of {conversation_id}")
-    messages = await request.app[RECENT].get(conversation_id, limit)
-    return web.json_response(
-        {"conversation_id": conversation_id, "messages": [m.model_dump(mode="json") for m in messages]},
-        dumps=lambda obj: json.dumps(obj, ensure_ascii=False),
-    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,50 @@
+"""``GET /history``: a conversation's recent messages, for its members; the store and cache it reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import Redis
+
+from ..history import RecentMessages
+from ..models.common import Id
+from ..store import open_store
+from .auth import authenticate
+from .keys import RECENT, SETTINGS, STORE
+
+_ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
+
+
+async def history_clients(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    store = await open_store(s.message_store_url)
+    redis = Redis.from_url(s.redis_url)
+    app[STORE] = store
+    app[RECENT] = RecentMessages(redis, store, namespace=s.namespace, size=s.history_max_limit,
+                                 ttl_s=s.history_cache_ttl_s)
+    yield
+    await redis.aclose()
+    await store.close()
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /history?conversation_id=...&limit=N``: the newest messages, oldest first, for members."""
+    user_id = authenticate(request)
+    s = request.app[SETTINGS]
+    try:
+        conversation_id = _ID_ADAPTER.validate_python(request.query.get("conversation_id"))
+        limit = int(request.query.get("limit", s.history_default_limit))
+    except (ValidationError, ValueError):
+        raise web.HTTPBadRequest(text="conversation_id (an id) and an integer limit are expected") from None
+    if not 1 <= limit <= s.history_max_limit:
+        raise web.HTTPBadRequest(text=f"limit must be between 1 and {s.history_max_limit}")
+    if not await request.app[STORE].is_member(conversation_id, user_id):
+        raise web.HTTPForbidden(text=f"{user_id} is not a member of {conversation_id}")
+    messages = await request.app[RECENT].get(conversation_id, limit)
+    return web.json_response(
+        {"conversation_id": conversation_id, "messages": [m.model_dump(mode="json") for m in messages]},
+        dumps=lambda obj: json.dumps(obj, ensure_ascii=False),
+    )

@@ -1,0 +1,27 @@
+"""The gateway's typed application keys (aiohttp ``web.AppKey``): what its handlers share."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from ..alerting import Observations
+from ..history import RecentMessages
+from ..settings import Settings
+from ..store import MessageStore
+from .hub import Hub
+
+SETTINGS = web.AppKey("settings", Settings)
+HUB = web.AppKey("hub", Hub)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+#: Set once the downstream consumer has its partitions and positions: before that,
+#: with ``auto.offset.reset=latest``, a message for a new socket could be skipped.
+READY = web.AppKey("ready", asyncio.Event)
+#: Messages handed to the producer and not yet acknowledged by the broker.
+UNSENT = web.AppKey("unsent", asyncio.Semaphore)
+STORE = web.AppKey("store", MessageStore)
+#: The latencies this gateway measured, for the spec's latency alert rule.
+LATENCIES = web.AppKey("latencies", Observations)
+RECENT = web.AppKey("recent", RecentMessages)
