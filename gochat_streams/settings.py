@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # Monitor (gochat_streams/monitor.py): lag, throughput, the alert rules, the ops page
     monitor_host: str = "127.0.0.1"
     monitor_port: int = 6070
+    #: Operator endpoints (worker views, /table/, /metrics, the monitor) require
+    #: ``Authorization: Bearer <this>`` when set; unset, they serve loopback peers only,
+    #: and a process refuses to listen beyond loopback (operator.py).
+    operator_token: SecretStr | None = Field(None, min_length=16)
     #: How often the monitor reads offsets and every process evaluates its alert rules.
     monitor_interval_s: float = Field(5.0, gt=0)
     #: Gateways' base URLs whose latency histograms the ops page shows.

@@ -1,0 +1,63 @@
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from pydantic import SecretStr, ValidationError
+
+from gochat_streams.operator import ListenRefused, check_listen, check_operator, is_loopback, operator_headers
+from gochat_streams.settings import Settings
+
+TOKEN = "operator-token-0123456789"
+
+
+def request(remote: str | None, headers: dict[str, str] | None = None) -> web.Request:
+    return make_mocked_request("GET", "/users/alice/", headers=headers or {}).clone(remote=remote)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost", "LOCALHOST.", "::ffff:127.0.0.1"])
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", None, "10.0.0.5", "192.168.1.2", "example.com", "::ffff:10.0.0.1"])
+def test_hosts_beyond_loopback(host: str | None) -> None:
+    assert not is_loopback(host)
+
+
+def test_without_a_token_loopback_peers_only() -> None:
+    settings = Settings(operator_token=None)
+    check_operator(request("127.0.0.1"), settings)
+    check_operator(request("::1"), settings)
+    for peer in ("10.0.0.5", None):
+        with pytest.raises(web.HTTPForbidden):
+            check_operator(request(peer), settings)
+
+
+def test_with_a_token_every_peer_must_send_it() -> None:
+    settings = Settings(operator_token=SecretStr(TOKEN))
+    for peer in ("127.0.0.1", "10.0.0.5"):
+        check_operator(request(peer, {"Authorization": f"Bearer {TOKEN}"}), settings)
+        check_operator(request(peer, {"Authorization": f"bearer {TOKEN}"}), settings)
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Bearer {TOKEN[:-1]}"},
+                        {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}, {"Authorization": "Bearer "}):
+            with pytest.raises(web.HTTPUnauthorized) as refused:
+                check_operator(request(peer, headers), settings)
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+            assert TOKEN not in (refused.value.text or "")
+
+
+def test_operator_headers_carry_the_token() -> None:
+    assert operator_headers(Settings(operator_token=None)) == {}
+    assert operator_headers(Settings(operator_token=SecretStr(TOKEN))) == {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_a_short_token_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings(operator_token=SecretStr("short"))
+
+
+def test_listening_beyond_loopback_needs_a_token() -> None:
+    check_listen("127.0.0.1", Settings(operator_token=None), "worker")
+    check_listen("0.0.0.0", Settings(operator_token=SecretStr(TOKEN)), "worker")
+    for host in ("0.0.0.0", "", "10.0.0.5", "worker.internal"):
+        with pytest.raises(ListenRefused, match="GOCHAT_OPERATOR_TOKEN"):
+            check_listen(host, Settings(operator_token=None), "worker")
