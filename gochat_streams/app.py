@@ -18,11 +18,14 @@ from .compat import tansu as compat_tansu
 from .kafka import faust_credentials
 from .logs import configure as configure_logging
 from .metrics import serve_metrics
+from .operator import check_listen, operator_middleware
 from .settings import Settings, get_settings
 
 
 #: Faust transports by broker URL scheme (compat/: why not Faust's own).
 TRANSPORTS: dict[str, type[TransportT]] = {"kafka": compat_aiokafka.Transport, "tansu": compat_tansu.Transport}
+#: A worker's liveness views (views.py), open to load balancers: they say nothing about users.
+LIVENESS_PATHS = frozenset({"/health/", "/ready/"})
 
 
 class GochatApp(faust.App):
@@ -44,6 +47,10 @@ class GochatApp(faust.App):
         return TRANSPORTS[self.conf.broker_producer[0].scheme](self.conf.broker_producer, self)
 
     async def on_first_start(self) -> None:
+        # Here, not in create_app: Faust's WEB_BIND variable and ``worker --web-bind`` may
+        # have changed the interface since. Before the web server starts (a dependency).
+        if self.conf.web_enabled and self.conf.web_transport.scheme == "tcp":
+            check_listen(self.conf.web_bind, self.gochat_settings, f"the {self.conf.id} worker's web server")
         await super().on_first_start()
         configure_logging(self.gochat_settings)  # after Faust's worker set up its handlers
         await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
@@ -81,9 +88,14 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,
+        web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Every route of the web server, Faust's own /table/ and /router/ views included,
+        # and any view added later (operator.py). Faust forwards a table_route request
+        # with the caller's headers, so the owner of the key checks the same token.
+        web_application_options={"middlewares": [operator_middleware(settings, LIVENESS_PATHS)]},
     )
     serve_metrics(app, "faust_" + group.group_id.removeprefix(settings.namespace))
     return app

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(0.2, ge=0)
     data_dir: Path = Path("data")
     table_store: str = "rocksdb://"
+    #: The interface a worker's web server (views, /table/, /metrics) listens on; beyond
+    #: loopback only with ``operator_token`` set (operator.py).
+    web_bind: str = "127.0.0.1"
+    #: How other workers reach this one (Faust's canonical URL: table_route forwards to it).
     web_host: str = "127.0.0.1"
     web_port: int = 6066
 
@@ -110,6 +114,8 @@ class Settings(BaseSettings):
     history_default_limit: int = Field(50, ge=1)
     history_max_limit: int = Field(200, ge=1)
     history_cache_ttl_s: int = Field(300, ge=1)
+    #: How long /history waits for Redis before it reads the store instead.
+    history_cache_timeout_s: float = Field(1.0, gt=0)
 
     #: The dev stack and the tests set this (GOCHAT_DEV_MODE=1): it allows what production
     #: must not run with, such as a default or short token secret.
@@ -137,6 +143,13 @@ class Settings(BaseSettings):
     #: The gateway pings each socket this often and closes it when no pong comes within
     #: half of it (the user goes offline); a client must keep reading to answer.
     ws_heartbeat_s: float = Field(30.0, gt=0)
+    #: Frames waiting for one socket (reconnect sync aside: it is bounded by
+    #: ``inbox_max_pending``); one more and the socket is closed (going-away).
+    ws_send_queue_max: int = Field(1000, ge=1)
+    #: A write to a socket that does not drain within this closes it: its client stopped reading.
+    ws_send_timeout_s: float = Field(10.0, gt=0)
+    #: Open sockets a user may hold on one gateway; a connect beyond it closes the oldest.
+    max_sockets_per_user: int = Field(10, ge=1)
     #: What a browser loads (demo chat, ops page); a checkout's ``web/`` by default.
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 

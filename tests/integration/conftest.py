@@ -8,9 +8,11 @@ Every test gets its own namespace, so topics and consumer groups are fresh.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from gochat_streams.kafka import client_kwargs
 from gochat_streams.settings import Settings
 
 SECRET = "integration-test-secret"
+#: GOCHAT_OPERATOR_TOKEN of the tests that set one (operator endpoints; gochat_streams/operator.py).
+OPERATOR_TOKEN = "integration-operator-token-0123456789"
 #: How long a test waits for something that should happen (first group joins included).
 WAIT_S = 60.0
 
@@ -245,6 +249,17 @@ async def connect() -> AsyncIterator[Any]:
     for ws in sockets:
         await ws.close()
     await session.close()
+
+
+def outside_address() -> str | None:
+    """An address of this machine beyond loopback, to reach a listener as another host would."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: it picks the outgoing interface
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 def token(user_id: str, ttl_s: int = 3600) -> str:

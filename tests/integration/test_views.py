@@ -14,7 +14,7 @@ from gochat_streams import topics
 from gochat_streams.devstack import free_port
 from gochat_streams.models import now_ms
 
-from .conftest import WAIT_S, Client, Cluster
+from .conftest import OPERATOR_TOKEN, WAIT_S, Client, Cluster, outside_address
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +145,73 @@ async def test_views_answer_alike_on_every_worker_for_users_and_groups(cluster: 
             assert (status, sorted(t["name"] for t in tables)) == (200, ["groups", "inbox", "presence"])
 
 
+#: Routes of each kind a logic worker serves besides the keyed ones: Faust's own and /metrics.
+#: The guard is one middleware on the whole aiohttp app (app.py), not a list of routes.
+WORKER_PATHS = ["/table/", "/table/inbox/", "/router/", "/router/presence/", "/metrics", "/"]
+
+
+async def test_every_worker_route_wants_the_operator_token_and_a_forwarded_request_carries_it(
+        cluster: Cluster, connect: Any) -> None:
+    cluster.env["GOCHAT_OPERATOR_TOKEN"] = OPERATOR_TOKEN
+    good = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    refused = [{}, {"Authorization": f"Bearer {OPERATOR_TOKEN[:-1]}x"}, {"Authorization": "Bearer "},
+               {"Authorization": f"Basic {OPERATOR_TOKEN}"}, {"Authorization": OPERATOR_TOKEN}]
+    for name in WORKERS:
+        cluster.start_worker(name)
+    ports = [cluster.web_ports[name] for name in WORKERS]
+    async with aiohttp.ClientSession() as http:
+        for port in ports:  # liveness leaks nothing: open to load balancers
+            await _until(http, port, "/ready/", lambda status, _: status == 200)
+            assert await _get(http, port, "/health/") == (200, {"status": "ok"})
+        users = await _one_per_worker(http, cluster, "presence", [f"user{i}" for i in range(100)],
+                                      topics.user(cluster.settings).partitions, good)
+        gw = cluster.start_gateway("gw1")
+        for user in users.values():
+            await connect(gw, user)
+        for name, user in users.items():
+            # Asked at each worker: one answers itself, the other forwards to it with the caller's token.
+            for port in ports:
+                await _until(http, port, f"/users/{user}/", lambda status, state: state["connections"], good)
+            keyed = [f"/users/{user}/", f"/users/{user}/delivered/someone/m1/", f"/table/presence/{user}/"]
+            for path in keyed:
+                answers = [await _get(http, port, path, good) for port in ports]
+                assert answers[0][0] == 200 and answers[0] == answers[1], (path, answers)
+            for path in [*keyed, *WORKER_PATHS]:
+                for port in ports:
+                    assert await _status(http, f"http://127.0.0.1:{port}{path}", good) == 200, path
+                    for headers in refused:
+                        assert await _status(http, f"http://127.0.0.1:{port}{path}", headers) == 401, (path, headers)
+    # Not in an access log, a forwarded request's log, or anywhere else.
+    for log in cluster.stack.log_dir.glob("*.log"):
+        assert OPERATOR_TOKEN not in log.read_text(errors="replace"), log.name
+
+
+async def test_a_worker_listens_on_loopback_and_beyond_it_only_with_the_operator_token(cluster: Cluster) -> None:
+    outside = outside_address()
+    if outside is None:
+        pytest.skip("this machine has no address beyond loopback to reach a listener from")
+    cluster.start_worker("w1")  # the defaults
+    assert not await _connects(outside, cluster.web_ports["w1"])
+
+    # Listening beyond loopback needs the token, whichever way the interface is given.
+    for name, app, env in (("open1", "gochat_streams.app:app", {"GOCHAT_WEB_BIND": "0.0.0.0"}),
+                           ("open2", "gochat_streams.app:app", {"WEB_BIND": "0.0.0.0"}),  # Faust's own variable
+                           ("open3", "gochat_streams.app:task_app", {"GOCHAT_WEB_BIND": outside})):
+        with pytest.raises(RuntimeError, match="exited"):
+            cluster.stack.start_worker(name, {**cluster.env, **env, "GOCHAT_DATA_DIR": str(cluster.root / name)},
+                                       free_port(), app=app)
+        assert "set GOCHAT_OPERATOR_TOKEN" in (cluster.stack.log_dir / f"{name}.log").read_text(), name
+
+    # With it, another host is served once it sends the token.
+    cluster.env.update({"GOCHAT_OPERATOR_TOKEN": OPERATOR_TOKEN, "GOCHAT_WEB_BIND": "0.0.0.0"})
+    cluster.start_worker("w2")
+    url = f"http://{outside}:{cluster.web_ports['w2']}/users/alice/"
+    async with aiohttp.ClientSession() as http:
+        assert await _status(http, url, {}) == 401
+        assert await _status(http, url, {"Authorization": f"Bearer {OPERATOR_TOKEN}"}) == 200
+        assert await _status(http, f"http://{outside}:{cluster.web_ports['w2']}/health/", {}) == 200
+
+
 def _start_worker_unready(cluster: Cluster, name: str) -> int:
     """Like ``cluster.start_worker``, but back as soon as the worker's web port opens; its port."""
     data_dir = cluster.root / name
@@ -155,14 +222,14 @@ def _start_worker_unready(cluster: Cluster, name: str) -> int:
 
 
 async def _one_per_worker(http: aiohttp.ClientSession, cluster: Cluster, table: str, candidates: list[str],
-                          partitions: int) -> dict[str, str]:
+                          partitions: int, headers: dict[str, str] | None = None) -> dict[str, str]:
     """For each worker, the first candidate key whose partition of ``table`` it owns.
 
     Ownership as Faust's assignor tells it (``/router/{table}/``: worker URL -> changelog
     partitions), which both workers must agree on; a key's partition is the raw id's
     murmur2 hash, as the records that wrote it were partitioned.
     """
-    routes = [await _get(http, cluster.web_ports[name], f"/router/{table}/") for name in WORKERS]
+    routes = [await _get(http, cluster.web_ports[name], f"/router/{table}/", headers) for name in WORKERS]
     assert routes[0] == routes[1] and routes[0][0] == 200, routes
     shares = {name: set() for name in WORKERS}
     for url, tps in routes[0][1].items():
@@ -175,16 +242,33 @@ async def _one_per_worker(http: aiohttp.ClientSession, cluster: Cluster, table: 
     return {name: next(key for key, owner in owners.items() if owner == name) for name in WORKERS}
 
 
-async def _get(http: aiohttp.ClientSession, port: int, path: str) -> tuple[int, Any]:
-    async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+async def _get(http: aiohttp.ClientSession, port: int, path: str,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async with http.get(f"http://127.0.0.1:{port}{path}", headers=headers) as response:
         return response.status, await response.json()
 
 
-async def _until(http: aiohttp.ClientSession, port: int, path: str, check: Any) -> tuple[int, Any]:
+async def _status(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> int:
+    async with http.get(url, headers=headers) as response:
+        return response.status
+
+
+async def _connects(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def _until(http: aiohttp.ClientSession, port: int, path: str, check: Any,
+                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """GET ``path`` until ``check(status, body)`` holds."""
     async with asyncio.timeout(WAIT_S):
         while True:
-            status, body = await _get(http, port, path)
+            status, body = await _get(http, port, path, headers)
             if check(status, body):
                 return status, body
             await asyncio.sleep(0.2)
