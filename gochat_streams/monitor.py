@@ -15,6 +15,9 @@ page's firing alerts, and serves:
 - ``/``: the ops page (``web/ops.html``); ``/api/overview``: its data
 - ``/metrics``: ``gochat_consumer_lag`` per partition, ``gochat_topic_records``; ``/healthz``
 
+Operator endpoints (operator.py): all but ``/healthz`` and the page itself, which holds
+no data (it asks for the token and sends it with each fetch), want the operator token.
+
 Run one: ``python -m gochat_streams monitor`` (one is enough; two raise alerts twice).
 """
 
@@ -44,6 +47,7 @@ from .kafka import client_kwargs, producer_kwargs
 from .metrics import consumer_lag, topic_records
 from .models import RuleAlert
 from .models.deadletters import Service
+from .operator import check_listen, operator_headers, operator_middleware
 from .serving import cancel_all, serve
 from .settings import Settings
 
@@ -235,7 +239,8 @@ class Monitor:
         summed: dict[float, float] = {}
         for base in self.s.monitor_gateways:
             try:
-                async with http.get(f"{base.rstrip('/')}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                async with http.get(f"{base.rstrip('/')}/metrics", headers=operator_headers(self.s),
+                                    timeout=aiohttp.ClientTimeout(total=5)) as r:
                     text = await r.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("cannot scrape %s: %r", base, exc)
@@ -313,10 +318,12 @@ class Monitor:
 
 
 MONITOR = web.AppKey("monitor", Monitor)
+#: Open to anyone: liveness, and the ops page's HTML (its data is /api/overview).
+OPEN_PATHS = frozenset({"/healthz", "/"})
 
 
 def create_app(s: Settings) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[operator_middleware(s, OPEN_PATHS)])
     app.cleanup_ctx.append(lambda app: _running(app, s))
     app.router.add_get("/", _ops_page)
     app.router.add_get("/api/overview", _overview)
@@ -370,4 +377,5 @@ async def _health(request: web.Request) -> web.Response:
 
 async def run(s: Settings) -> None:
     """Serve until SIGINT or SIGTERM."""
+    check_listen(s.monitor_host, s, "the monitor")
     await serve(create_app(s), s, s.monitor_host, s.monitor_port, "monitor")

@@ -20,17 +20,21 @@ from gochat_streams.codecs import decode_alert
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.models import RuleAlert
 
+from gochat_streams.devstack import free_port
+
 from .. import browser
-from .conftest import WAIT_S, Client, Cluster, produce
+from .conftest import OPERATOR_TOKEN, WAIT_S, Client, Cluster, produce
 
 pytestmark = pytest.mark.integration
 
 #: Kept after the run (gitignored): what the browser showed.
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+#: What a client of operator endpoints sends where GOCHAT_OPERATOR_TOKEN is set.
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 async def _samples(http: aiohttp.ClientSession, url: str) -> dict[tuple[str, frozenset], float]:
-    async with http.get(url) as response:
+    async with http.get(url, headers=OPERATOR) as response:
         text = await response.text()
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -55,7 +59,8 @@ async def _send(alice: Client, to: str, ids: list[str]) -> None:
 
 
 async def test_metrics_count_each_message_and_the_ops_page_shows_the_traffic(cluster: Cluster, connect: Any) -> None:
-    cluster.env["GOCHAT_MONITOR_INTERVAL_S"] = "0.5"
+    # With the operator token: the monitor scrapes the gateways' /metrics with it.
+    cluster.env.update({"GOCHAT_MONITOR_INTERVAL_S": "0.5", "GOCHAT_OPERATOR_TOKEN": OPERATOR_TOKEN})
     cluster.start_worker("w1")
     gw = cluster.start_gateway("gw1")
     monitor = cluster.start_monitor([gw])
@@ -94,17 +99,49 @@ async def test_metrics_count_each_message_and_the_ops_page_shows_the_traffic(clu
 
         await _until(caught_up)
 
-    # The ops page, in headless chromium, while the traffic is inside its window.
+    # The ops page, in headless chromium, while the traffic is inside its window; the
+    # token in the fragment, which the browser does not send (ops.html).
     await _send(alice, "bob", [f"n{i}" for i in range(20)])
     ARTIFACTS.mkdir(exist_ok=True)
-    dom = await asyncio.to_thread(browser.rendered_dom, monitor + "/", wait_ms=4000)
-    await asyncio.to_thread(browser.screenshot, monitor + "/", ARTIFACTS / "ops-page.png", wait_ms=4000)
+    page = f"{monitor}/#token={OPERATOR_TOKEN}"
+    dom = await asyncio.to_thread(browser.rendered_dom, page, wait_ms=4000)
+    await asyncio.to_thread(browser.screenshot, page, ARTIFACTS / "ops-page.png", wait_ms=4000)
     values = browser.test_values(dom)
     assert float(values["upstream-rate"]) > 0
     assert float(values["latency-count"]) > 0 and float(values["latency-p99"]) > 0
     assert float(values["dlq-im-upstream-dlq"]) == 0
     assert len(browser.rows(dom, "lag-row")) >= topics.upstream(cluster.settings).partitions
     assert (ARTIFACTS / "ops-page.png").stat().st_size > 10_000
+
+
+async def test_the_monitor_wants_the_operator_token_and_its_page_asks_for_it(cluster: Cluster) -> None:
+    # Beyond loopback without a token, it refuses to start.
+    with pytest.raises(RuntimeError, match="exited"):
+        cluster.stack.start_monitor("open", {**cluster.env, "GOCHAT_MONITOR_HOST": "0.0.0.0"}, free_port(), timeout=WAIT_S)
+    assert "set GOCHAT_OPERATOR_TOKEN" in (cluster.stack.log_dir / "open.log").read_text()
+
+    cluster.env.update({"GOCHAT_MONITOR_INTERVAL_S": "0.5", "GOCHAT_OPERATOR_TOKEN": OPERATOR_TOKEN})
+    monitor = cluster.start_monitor([])
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/overview", "/metrics"):
+            for headers in ({}, {"Authorization": f"Bearer {OPERATOR_TOKEN}x"}, {"Authorization": OPERATOR_TOKEN}):
+                async with http.get(monitor + path, headers=headers) as response:
+                    assert response.status == 401, (path, headers)
+            async with http.get(monitor + path, headers=OPERATOR) as response:
+                assert response.status == 200, path
+        # Liveness, and the page without its data: open.
+        for path in ("/healthz", "/"):
+            async with http.get(monitor + path) as response:
+                assert response.status == 200, path
+
+    # The page without the token asks for it; with it, it shows the data.
+    values = browser.test_values(await asyncio.to_thread(browser.rendered_dom, monitor + "/", wait_ms=3000))
+    assert (values["status"], values["token-form"]) == ("error", "required")
+    values = browser.test_values(await asyncio.to_thread(browser.rendered_dom, f"{monitor}/#token={OPERATOR_TOKEN}",
+                                                         wait_ms=3000))
+    assert (values["status"], values["token-form"]) == ("ok", "")
+    for log in cluster.stack.log_dir.glob("*.log"):
+        assert OPERATOR_TOKEN not in log.read_text(errors="replace"), log.name
 
 
 async def test_each_alert_rule_fires_under_its_fault_and_resolves(cluster: Cluster, connect: Any) -> None:
