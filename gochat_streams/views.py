@@ -8,11 +8,16 @@ id like the records that wrote it.
 - ``GET /users/{user_id}/``: the user's delivery state: ``presence`` as the table
   holds it and, flattened, ``connections`` (``[{gateway_id, connection_id,
   connected_at}]``, oldest first); inbox cursor and pending count; delivered marks.
+  Each list is read up to ``VIEW_MAX_READS`` table reads: ``"complete": false`` says
+  the count stopped there (pending: the oldest entries; marks: the newest).
 - ``GET /users/{user_id}/delivered/{sender}/{message_id}/``: whether the dedup
   remembers that message: ``{"delivered": true, "at", "seq", "pending"}`` (pending:
   not yet acknowledged) or ``{"delivered": false}``.
 - ``GET /groups/{group_id}/``: ``{group_id, kind, owner, members}`` from the groups
   table; 404 ``{"error": "unknown group", "group_id"}``.
+
+Faust's own ``/table/{name}/{key}/`` and ``/router/`` views read one key, or the
+assignment, each.
 
 Not routed, about the worker that answers:
 
@@ -23,27 +28,33 @@ Not routed, about the worker that answers:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
 from faust import web
 
 from .app import app, settings
 from .models import now_ms
-from .tables.dedup import delivered_mark, mark_key, marks
+from .tables.dedup import CHUNK, Log, delivered_mark, mark_key, marks
 from .tables.groups import groups
-from .tables.inbox import cursor_key, entry_key, inbox
+from .tables.inbox import Cursor, cursor_key, entry_key, inbox
 from .tables.presence import presence
 
-#: Newest delivered marks listed in a user's view (the count covers all).
+#: Newest delivered marks listed in a user's view (the count covers all it read).
 RECENT_MARKS = 20
+#: Table reads a view makes for one list. Views run on the event loop of the worker's
+#: agents, between their events: a user's inbox may hold ``inbox_max_pending``
+#: (10,000) entries and a day of delivered marks, and a view must not hold up delivery
+#: for as long as the user has. The bound keeps a view's cost the same for every user.
+VIEW_MAX_READS = 1000
 
 
 @app.page("/users/{user_id}/")
 @app.table_route(table=presence, match_info="user_id")
 async def user_state(self: web.View, request: web.Request, user_id: str) -> web.Response:
     cursor = inbox.get(cursor_key(user_id))
-    pending = [] if cursor is None else [
-        seq for seq in range(cursor["floor"], cursor["next"]) if entry_key(user_id, seq) in inbox
-    ]
-    delivered = marks(inbox, user_id, cursor["log"] if cursor else None)
+    pending, pending_complete = ([], True) if cursor is None else pending_seqs(inbox, user_id, cursor, VIEW_MAX_READS)
+    delivered, marks_complete = newest_marks(inbox, user_id, cursor["log"] if cursor else None, VIEW_MAX_READS)
     gateways = presence.get(user_id) or {}
     connections = sorted(
         ({"gateway_id": gw, "connection_id": cid, "connected_at": at} for gw, conns in gateways.items()
@@ -55,9 +66,27 @@ async def user_state(self: web.View, request: web.Request, user_id: str) -> web.
         "presence": gateways,
         "connections": connections,
         "inbox": {"cursor": cursor and {"next": cursor["next"], "floor": cursor["floor"]}, "pending": len(pending),
-                  "first_pending": pending[0] if pending else None},
-        "delivered": {"count": len(delivered), "recent": delivered[-RECENT_MARKS:]},
+                  "first_pending": pending[0] if pending else None, "complete": pending_complete},
+        "delivered": {"count": len(delivered), "recent": delivered[-RECENT_MARKS:], "complete": marks_complete},
     })
+
+
+def pending_seqs(table: Mapping[str, Any], user_id: str, cursor: Cursor, max_reads: int) -> tuple[list[int], bool]:
+    """Seqs of the user's unacknowledged entries among the oldest ``max_reads``; and whether that was all."""
+    end = min(cursor["next"], cursor["floor"] + max_reads)
+    return [seq for seq in range(cursor["floor"], end) if entry_key(user_id, seq) in table], end == cursor["next"]
+
+
+def newest_marks(table: MutableMapping[str, Any], user_id: str, log: Log | None,
+                 max_reads: int) -> tuple[list[str], bool]:
+    """The user's delivered marks, oldest first, from as many of the newest chunks of their log as
+    ``max_reads`` covers; and whether that was all of them."""
+    if log is None:
+        return [], True
+    # marks() reads each chunk, then whether each of its keys and the recent ones are still stored.
+    chunks = max(0, (max_reads - len(log["recent"])) // (CHUNK + 1))
+    first = max(log["first"], log["end"] - chunks)
+    return marks(table, user_id, {**log, "first": first}), first == log["first"]
 
 
 # Routed by the user, not the mark's own key: marks live on the user's partition

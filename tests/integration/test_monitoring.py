@@ -117,7 +117,8 @@ async def test_metrics_count_each_message_and_the_ops_page_shows_the_traffic(clu
 async def test_the_monitor_wants_the_operator_token_and_its_page_asks_for_it(cluster: Cluster) -> None:
     # Beyond loopback without a token, it refuses to start.
     with pytest.raises(RuntimeError, match="exited"):
-        cluster.stack.start_monitor("open", {**cluster.env, "GOCHAT_MONITOR_HOST": "0.0.0.0"}, free_port(), timeout=WAIT_S)
+        cluster.stack.start_monitor("open", {**cluster.env, "GOCHAT_MONITOR_HOST": "0.0.0.0"}, free_port(),
+                                    timeout=WAIT_S)
     assert "set GOCHAT_OPERATOR_TOKEN" in (cluster.stack.log_dir / "open.log").read_text()
 
     cluster.env.update({"GOCHAT_MONITOR_INTERVAL_S": "0.5", "GOCHAT_OPERATOR_TOKEN": OPERATOR_TOKEN})

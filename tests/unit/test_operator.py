@@ -13,12 +13,14 @@ def request(remote: str | None, headers: dict[str, str] | None = None) -> web.Re
     return make_mocked_request("GET", "/users/alice/", headers=headers or {}).clone(remote=remote)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost", "LOCALHOST.", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "::1", "[::1]", "localhost", "LOCALHOST.",
+                                  "::ffff:127.0.0.1"])
 def test_loopback_hosts(host: str) -> None:
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", None, "10.0.0.5", "192.168.1.2", "example.com", "::ffff:10.0.0.1"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", None, "10.0.0.5", "192.168.1.2", "example.com",
+                                  "::ffff:10.0.0.1"])
 def test_hosts_beyond_loopback(host: str | None) -> None:
     assert not is_loopback(host)
 
