@@ -5,6 +5,14 @@ messages as a JSON list (oldest first, with a TTL), ``{namespace}history-version
 a token that every :meth:`RecentMessages.invalidate` replaces. A reader that missed
 fills the cache only if the token is still the one it saw before loading from the store,
 so a load that raced a write never leaves the pre-write list cached.
+
+The list is the conversation's, not a reader's: each entry carries the store's ``seq``
+and every read keeps only the entries from the reader's ``since_seq`` on (a group member
+reads from their joining). History is ordered by ``seq``, so what a reader may see is a
+suffix of the conversation and the newest ``size`` entries hold its newest ``size``.
+
+Redis is a cache, not a dependency: when it fails, a read is served from the store
+(logged, and counted in ``gochat_history_cache_errors_total``).
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ from typing import Protocol
 
 import pydantic
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from .models import DownstreamMessage
+from .metrics import history_cache_errors
+from .models import StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +35,7 @@ log = logging.getLogger(__name__)
 #: leave nothing behind.
 VERSION_TTL_S = 7 * 24 * 60 * 60
 
-_MESSAGES = pydantic.TypeAdapter(list[DownstreamMessage])
+_MESSAGES = pydantic.TypeAdapter(list[StoredMessage])
 
 # KEYS: version, cache. ARGV: the version the reader saw ("" for none), the list, the TTL.
 _POPULATE = """
@@ -40,8 +50,8 @@ return 1
 class MessageSource(Protocol):
     """What the cache needs of the message store."""
 
-    async def recent(self, conversation_id: str, limit: int) -> list[DownstreamMessage]:
-        """The newest ``limit`` messages of the conversation, oldest first."""
+    async def recent(self, conversation_id: str, limit: int, since_seq: int = 0) -> list[StoredMessage]:
+        """The newest ``limit`` messages of the conversation from ``since_seq`` on, oldest first."""
         ...
 
 
@@ -65,22 +75,32 @@ class RecentMessages:
     def version_key(self, conversation_id: str) -> str:
         return f"{self.namespace}history-version:{conversation_id}"
 
-    async def get(self, conversation_id: str, limit: int) -> list[DownstreamMessage]:
-        """The newest ``limit`` (at most ``size``) messages, oldest first."""
+    async def get(self, conversation_id: str, limit: int, since_seq: int = 0) -> list[StoredMessage]:
+        """The newest ``limit`` (at most ``size``) messages from ``since_seq`` on, oldest first."""
         if not 1 <= limit <= self.size:
             raise ValueError(f"limit must be between 1 and {self.size}, got {limit}")
+        try:
+            messages = await self._conversation(conversation_id)
+        except RedisError as exc:
+            log.warning("history cache unavailable, reading %s from the store: %r", conversation_id, exc)
+            history_cache_errors.inc()
+            return await self.store.recent(conversation_id, limit, since_seq)
+        return [m for m in messages if m.seq >= since_seq][-limit:]
+
+    async def _conversation(self, conversation_id: str) -> list[StoredMessage]:
+        """The conversation's newest ``size`` messages, from the cache or loaded into it."""
         cache_key, version_key = self.cache_key(conversation_id), self.version_key(conversation_id)
         cached = await self.redis.get(cache_key)
         if cached is not None:
             try:
-                return _MESSAGES.validate_json(cached)[-limit:]
+                return _MESSAGES.validate_json(cached)
             except pydantic.ValidationError as exc:  # e.g. written by an older release
                 log.warning("ignoring unreadable cached history of %s: %s", conversation_id, exc)
         seen = await self.redis.get(version_key)
         messages = await self.store.recent(conversation_id, self.size)
         value = _MESSAGES.dump_json(messages)
         await self._populate(keys=[version_key, cache_key], args=[seen or "", value, self.ttl_s])
-        return messages[-limit:]
+        return messages
 
     async def invalidate(self, conversation_ids: Iterable[str]) -> None:
         """Drop the cached lists; call after new messages of these conversations were stored."""

@@ -96,6 +96,10 @@ tasks_failed = Counter(
     "Tasks the task service could not complete, by type",
     ["task_type"],
 )
+history_cache_errors = Counter(
+    "gochat_history_cache_errors_total",
+    "History reads that Redis failed and the message store served instead",
+)
 
 
 def reject(where: str, reason: str, detail: object) -> None:

@@ -9,6 +9,7 @@ from .models import (
     DownstreamMessage,
     GroupFanoutPayload,
     GroupFanoutTask,
+    MembershipChange,
     OfflinePushPayload,
     OfflinePushTask,
     PersistMessagePayload,
@@ -55,8 +56,9 @@ def push_preview(message: DownstreamMessage) -> str:
     return f"{message.from_user_id}: {text}"
 
 
-def persist_task(message: DownstreamMessage) -> PersistMessageTask:
-    """Every message is persisted once, for history, whoever is online."""
+def persist_task(message: DownstreamMessage, membership: MembershipChange | None = None) -> PersistMessageTask:
+    """Every message is persisted once, for history, whoever is online, with the membership
+    change the logic service decided for it (the store applies it as given)."""
     return PersistMessageTask(
         task_id=f"persist:{message.message_id}",
         timestamp=now_ms(),
@@ -69,6 +71,7 @@ def persist_task(message: DownstreamMessage) -> PersistMessageTask:
             message_type=message.message_type,
             metadata=message.metadata,
             timestamp=message.timestamp,
+            membership=membership,
         ),
     )
 

@@ -18,7 +18,7 @@ from faust import StreamT
 from ..app import app, settings
 from ..channels import downstream, group, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_upstream, encode
-from ..groups import Outcome, Refused, apply, target_id
+from ..conversations import Outcome, Refused, apply, target_id
 from ..metrics import count_consumed, messages_routed, reject
 from ..models import USER_MESSAGE_TYPES, Delivery, Refusal, UpstreamMessage
 from ..outbox import Outgoing
@@ -38,7 +38,7 @@ def _refuse(message: UpstreamMessage, refused: Refused) -> list[Outgoing]:
 
 def _fan_out(group_id: str, outcome: Outcome) -> list[Outgoing]:
     message, sender = outcome.message, outcome.message.from_user_id
-    out = [Outgoing(task, "persist_message", encode(persist_task(message)))]
+    out = [Outgoing(task, "persist_message", encode(persist_task(message, outcome.membership)))]
     large = message.message_type in USER_MESSAGE_TYPES and len(outcome.recipients) > settings.small_group_max_members
     if large:
         for fanout in fanout_tasks(message, group_id, outcome.recipients, sender, settings.fanout_batch_size):

@@ -2,7 +2,8 @@
 
 The upstream is keyed by sender (one sender's messages stay in order). A single-chat
 message goes on to ``im-user-topic`` keyed by its recipient, where agents/delivery.py
-owns the recipient's presence and inbox, and is persisted. Group and system messages go
+owns the recipient's presence and inbox, and is persisted, under the conversation id of
+its two users whatever the record said (a foreign producer is not trusted either). Group and system messages go
 to ``im-group-topic`` keyed by their group, where agents/groups.py owns the membership.
 """
 
@@ -15,7 +16,7 @@ from faust import StreamT
 from ..app import app, settings
 from ..channels import group, logic_dead_letters, task, upstream, user
 from ..codecs import DecodeError, decode_upstream, encode
-from ..groups import target_id
+from ..conversations import single_chat_id, target_id
 from ..metrics import count_consumed, messages_routed
 from ..models import Delivery, UpstreamMessage
 from ..outbox import Outgoing
@@ -27,7 +28,8 @@ def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
     if not is_single_chat(message):
         return [Outgoing(group, target_id(message), raw)]
     assert message.to_user_id is not None
-    delivered = message.to_downstream()
+    conversation_id = single_chat_id(message.from_user_id, message.to_user_id)
+    delivered = message.to_downstream().model_copy(update={"conversation_id": conversation_id})
     messages_routed.labels("single").inc()
     return [
         Outgoing(user, message.to_user_id, encode(Delivery(user_id=message.to_user_id, message=delivered))),

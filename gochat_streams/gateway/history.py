@@ -1,4 +1,8 @@
-"""``GET /history``: a conversation's recent messages, for its members; the store and cache it reads."""
+"""``GET /history``: a conversation's recent messages, for its readers; the store and cache it reads.
+
+A single chat is read by its two users; a group or conversation by its current members,
+from the message that made them members on (store/base.py: ``reader_since``).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
 async def history_clients(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     store = await open_store(s.message_store_url)
-    redis = Redis.from_url(s.redis_url)
+    redis = Redis.from_url(s.redis_url, socket_connect_timeout=s.history_cache_timeout_s,
+                           socket_timeout=s.history_cache_timeout_s)
     app[STORE] = store
     app[RECENT] = RecentMessages(redis, store, namespace=s.namespace, size=s.history_max_limit,
                                  ttl_s=s.history_cache_ttl_s)
@@ -41,10 +46,12 @@ async def history(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="conversation_id (an id) and an integer limit are expected") from None
     if not 1 <= limit <= s.history_max_limit:
         raise web.HTTPBadRequest(text=f"limit must be between 1 and {s.history_max_limit}")
-    if not await request.app[STORE].is_member(conversation_id, user_id):
-        raise web.HTTPForbidden(text=f"{user_id} is not a member of {conversation_id}")
-    messages = await request.app[RECENT].get(conversation_id, limit)
+    since_seq = await request.app[STORE].reader_since(conversation_id, user_id)
+    if since_seq is None:
+        raise web.HTTPForbidden(text=f"{user_id} may not read {conversation_id}")
+    messages = await request.app[RECENT].get(conversation_id, limit, since_seq)
     return web.json_response(
-        {"conversation_id": conversation_id, "messages": [m.model_dump(mode="json") for m in messages]},
+        {"conversation_id": conversation_id,
+         "messages": [m.to_downstream().model_dump(mode="json") for m in messages]},
         dumps=lambda obj: json.dumps(obj, ensure_ascii=False),
     )

@@ -29,6 +29,7 @@ from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..alerting import Alerting, Observations
 from ..compat.aiokafka import drain_whole_nodes, track_topic
+from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, producer_kwargs
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject
@@ -331,11 +332,20 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
         await _error(ws, "content_too_large", f"content is limited to {s.max_content_chars} characters",
                      message.message_id)
         return
+    # A single chat's conversation is its two users': what the client named is not trusted.
+    if message.to_user_id is not None:
+        conversation_id = single_chat_id(user_id, message.to_user_id)
+    elif message.conversation_id is not None:
+        conversation_id = message.conversation_id
+    else:
+        await _error(ws, "invalid_frame", "a message without to_user_id needs the group's conversation_id",
+                     message.message_id)
+        return
     upstream = UpstreamMessage(
         message_id=message.message_id,
         from_user_id=user_id,
         to_user_id=message.to_user_id,
-        conversation_id=message.conversation_id,
+        conversation_id=conversation_id,
         content=message.content,
         message_type=message.message_type,
         metadata=message.metadata,

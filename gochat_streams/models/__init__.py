@@ -10,10 +10,12 @@ from .messages import (
     GroupMetadata,
     MessageBody,
     MessageType,
+    StoredMessage,
     UpstreamMessage,
 )
 from .tasks import (
     TASK_ADAPTER,
+    MembershipChange,
     GroupFanoutPayload,
     GroupFanoutTask,
     OfflinePushPayload,
@@ -29,8 +31,8 @@ __all__ = [
     "ALERT_ADAPTER", "Ack", "AckFrame", "Alert", "AlertEvent", "RuleAlert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
     "Delivery",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
-    "METADATA_MODELS", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
+    "METADATA_MODELS", "MembershipChange", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
     "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange", "Refusal", "RefusalCode",
-    "SendFrame", "TASK_ADAPTER", "Task", "TaskType", "USER_EVENT_ADAPTER", "USER_MESSAGE_TYPES",
+    "SendFrame", "StoredMessage", "TASK_ADAPTER", "Task", "TaskType", "USER_EVENT_ADAPTER", "USER_MESSAGE_TYPES",
     "UpstreamMessage", "UserEvent", "now_ms",
 ]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from .common import Id, Model, TimestampMs
+from .common import Id, Model, TimestampMs, UserId
 from .messages import MessageBody
 
 
@@ -14,11 +14,13 @@ class ClientMessage(MessageBody):
     """A message as a client sends it; the gateway adds sender, gateway and version."""
 
     message_id: Id
-    to_user_id: Id | None = None
-    conversation_id: Id
+    to_user_id: UserId | None = None
+    #: Required for a group or conversation (``to_user_id`` null). A single chat's is
+    #: set by the gateway from the two users; whatever the client sends is ignored.
+    conversation_id: Id | None = None
     timestamp: TimestampMs | None = None
     #: Optional; when present it must be the token's user, else the frame is refused.
-    from_user_id: Id | None = None
+    from_user_id: UserId | None = None
 
 
 class SendFrame(Model):
@@ -45,7 +47,7 @@ ErrorCode = Literal[
     "sender_mismatch",
     "broker_unavailable",
     "rate_limited",
-    # Refused by the logic service (groups.py), after the gateway accepted the frame:
+    # Refused by the logic service (conversations.py), after the gateway accepted the frame:
     "unknown_group",
     "not_a_member",
     "forbidden",
@@ -63,7 +65,7 @@ class Refusal(Model):
     (topics.DOWNSTREAM_KIND), keyed by the sender.
     """
 
-    user_id: Id
+    user_id: UserId
     message_id: Id
     code: RefusalCode
     detail: str

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, Version
+from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, UserId, Version
 
 MessageType = Literal["text", "image", "file", "location", "system_conversation", "system_group"]
 USER_MESSAGE_TYPES: frozenset[str] = frozenset({"text", "image", "file", "location"})
@@ -44,9 +44,9 @@ class LocationMetadata(_Metadata):
 class ConversationMetadata(_Metadata):
     action: Literal["create"]
     conversation_id: Id
-    creator_id: Id
+    creator_id: UserId
     #: The participants besides the creator.
-    member_ids: list[Id] | None = None
+    member_ids: list[UserId] | None = None
 
 
 GroupAction = Literal["create", "invite", "join", "leave", "kick", "dismiss"]
@@ -55,9 +55,9 @@ GroupAction = Literal["create", "invite", "join", "leave", "kick", "dismiss"]
 class GroupMetadata(_Metadata):
     action: GroupAction
     group_id: Id
-    inviter_id: Id | None = None
-    invitee_id: Id | None = None
-    member_ids: list[Id] | None = None
+    inviter_id: UserId | None = None
+    invitee_id: UserId | None = None
+    member_ids: list[UserId] | None = None
 
 
 METADATA_MODELS: dict[str, type[_Metadata]] = {
@@ -108,11 +108,27 @@ class DownstreamMessage(MessageBody):
     """``im-downstream-topic-{gateway_id}``: what a gateway pushes to the recipient's sockets."""
 
     message_id: Id
-    from_user_id: Id
-    to_user_id: Id | None = None
+    from_user_id: UserId
+    to_user_id: UserId | None = None
+    #: A single chat's is :func:`gochat_streams.conversations.single_chat_id` of its two
+    #: users, set by the server; a group's or conversation's is its id.
     conversation_id: Id
     timestamp: TimestampMs
     version: Version = PROTOCOL_VERSION
+
+
+class StoredMessage(DownstreamMessage):
+    """A message as the message store holds it (not a wire format).
+
+    ``seq`` is the store's insertion order: history is ordered by it, and a group member
+    reads the messages from the ``seq`` of their joining on. Clients set ``timestamp``;
+    only the server sets ``seq``.
+    """
+
+    seq: int = Field(ge=1)
+
+    def to_downstream(self) -> DownstreamMessage:
+        return DownstreamMessage.model_construct(**self.model_dump(exclude={"seq"}))
 
 
 class UpstreamMessage(DownstreamMessage):

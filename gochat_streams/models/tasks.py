@@ -6,27 +6,37 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, Version
+from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, UserId, Version
 from .messages import DownstreamMessage, MessageType
 
 TaskType = Literal["persist_message", "offline_push", "group_fanout"]
 
 
+class MembershipChange(Model):
+    """Whose membership of a group or conversation a message changed, as the logic service decided it."""
+
+    added: list[UserId] = Field(default_factory=list)
+    removed: list[UserId] = Field(default_factory=list)
+
+
 class PersistMessagePayload(Model):
     message_id: Id
     conversation_id: Id
-    from_user_id: Id
-    to_user_id: Id | None = None
+    from_user_id: UserId
+    to_user_id: UserId | None = None
     content: str
     message_type: MessageType
     metadata: dict[str, Any] = Field(default_factory=dict)
     #: When the message was sent (its ``timestamp``); not in the spec's example, which
     #: predates history ordering. Optional so that the spec's example still validates.
     timestamp: TimestampMs | None = None
+    #: Not in the spec: the membership change of a group or conversation message, which
+    #: the store applies as given (conversations.py decides it). None: no change.
+    membership: MembershipChange | None = None
 
 
 class OfflinePushPayload(Model):
-    user_id: Id
+    user_id: UserId
     message_id: Id
     title: str
     content: str
@@ -44,9 +54,9 @@ class GroupFanoutPayload(Model):
 
     group_id: Id
     message_id: Id
-    exclude_user_ids: list[Id] = Field(default_factory=list)
+    exclude_user_ids: list[UserId] = Field(default_factory=list)
     batch_size: int = Field(100, ge=1, le=10_000)
-    member_ids: list[Id] | None = None
+    member_ids: list[UserId] | None = None
     message: DownstreamMessage | None = None
 
 

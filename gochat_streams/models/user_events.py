@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
-from .common import Id, Model, TimestampMs
+from .common import Id, Model, TimestampMs, UserId
 from .messages import DownstreamMessage
 
 
@@ -19,7 +19,7 @@ class PresenceChange(Model):
     """A gateway saw one of the user's sockets open (``online``) or close."""
 
     kind: Literal["presence"] = "presence"
-    user_id: Id
+    user_id: UserId
     gateway_id: Id
     connection_id: Id
     online: bool
@@ -37,7 +37,7 @@ class Delivery(Model):
     """
 
     kind: Literal["delivery"] = "delivery"
-    user_id: Id
+    user_id: UserId
     message: DownstreamMessage
     echo: bool = False
 
@@ -46,7 +46,7 @@ class Ack(Model):
     """The user's client acknowledged the inbox entry ``seq`` (message ``message_id``)."""
 
     kind: Literal["ack"] = "ack"
-    user_id: Id
+    user_id: UserId
     message_id: Id
     seq: int = Field(ge=1)
 
@@ -59,7 +59,7 @@ class Bounce(Model):
     """
 
     kind: Literal["bounce"] = "bounce"
-    user_id: Id
+    user_id: UserId
     gateway_id: Id
     message_id: Id
     seq: int = Field(ge=1)

@@ -1,4 +1,4 @@
-"""The message store: chat history and conversation membership, in SQLite or PostgreSQL."""
+"""The message store: chat history and who may read it, in SQLite or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ __all__ = ["MessageStore", "PostgresStore", "SqliteStore", "open_store"]
 
 
 async def open_store(url: str) -> MessageStore:
-    """Open ``sqlite:///path`` (``sqlite:////abs/path``) or ``postgresql://...``, creating the schema if missing."""
+    """Open ``sqlite:///path`` (``sqlite:////abs/path``) or ``postgresql://...``, creating the schema if
+    missing and migrating a store of an earlier schema."""
     if url.startswith("sqlite:///"):
         return await SqliteStore.open(Path(url.removeprefix("sqlite:///")))
     if url.startswith(("postgresql://", "postgres://")):

@@ -2,6 +2,13 @@
 
 SQL is written with PostgreSQL's ``$n`` placeholders; the SQLite backend rewrites them to
 SQLite's equivalent ``?n``, so both backends run the same statements.
+
+Two tables: ``history``, every message once per (sender, message_id), numbered by
+``seq`` in the order the store received them; and ``history_readers``, who may read a
+group's or conversation's history and from which ``seq`` on (their joining). The
+readers are a projection of the logic service's decisions: each persisted message
+carries the membership change conversations.py decided for it, applied here as given.
+A single chat needs no rows: its readers are the two users its conversation id names.
 """
 
 from __future__ import annotations
@@ -10,49 +17,59 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..membership import membership_effect
+from ..conversations import PAIR_SEPARATOR, single_chat_id, single_chat_participants
 from ..models.common import now_ms
-from ..models.messages import DownstreamMessage
-from ..models.tasks import PersistMessagePayload
+from ..models.messages import StoredMessage
+from ..models.tasks import MembershipChange, PersistMessagePayload
 
 
-def schema(json_type: str) -> list[str]:
+@dataclass(frozen=True)
+class Dialect:
+    json_type: str
+    #: The ``seq`` column: an integer key the database assigns in insertion order, never reused.
+    seq_column: str
+    #: One row if the table ``$1`` exists.
+    table_exists: str
+
+
+def schema(dialect: Dialect) -> list[str]:
     return [
-        f"""CREATE TABLE IF NOT EXISTS messages (
-            message_id TEXT PRIMARY KEY,
+        f"""CREATE TABLE IF NOT EXISTS history (
+            seq {dialect.seq_column},
+            message_id TEXT NOT NULL,
             conversation_id TEXT NOT NULL,
             from_user_id TEXT NOT NULL,
             to_user_id TEXT NULL,
             message_type TEXT NOT NULL,
             content TEXT NOT NULL,
-            metadata {json_type} NOT NULL,
+            metadata {dialect.json_type} NOT NULL,
             sent_at BIGINT NOT NULL,
-            stored_at BIGINT NOT NULL
+            stored_at BIGINT NOT NULL,
+            UNIQUE (from_user_id, message_id)
         )""",
-        "CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, sent_at, message_id)",
-        """CREATE TABLE IF NOT EXISTS conversation_members (
+        "CREATE INDEX IF NOT EXISTS history_by_conversation ON history (conversation_id, seq)",
+        """CREATE TABLE IF NOT EXISTS history_readers (
             conversation_id TEXT NOT NULL,
             user_id TEXT NOT NULL,
+            since_seq BIGINT NOT NULL,
             PRIMARY KEY (conversation_id, user_id)
         )""",
     ]
 
 
-_INSERT = """INSERT INTO messages (message_id, conversation_id, from_user_id, to_user_id,
-        message_type, content, metadata, sent_at, stored_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (message_id) DO NOTHING RETURNING message_id"""
-_ADD_MEMBER = "INSERT INTO conversation_members VALUES ($1, $2) ON CONFLICT DO NOTHING"
-_REMOVE_MEMBER = "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
-_CLEAR_MEMBERS = "DELETE FROM conversation_members WHERE conversation_id = $1"
-_RECENT = """SELECT message_id, conversation_id, from_user_id, to_user_id, message_type,
-        content, metadata, sent_at
-    FROM messages WHERE conversation_id = $1
-    ORDER BY sent_at DESC, message_id DESC LIMIT $2"""
-_IS_MEMBER = "SELECT 1 FROM conversation_members WHERE conversation_id = $1 AND user_id = $2"
-_COUNT = "SELECT COUNT(*) FROM messages WHERE message_id = $1"
+_COLUMNS = "message_id, conversation_id, from_user_id, to_user_id, message_type, content, metadata, sent_at, stored_at"
+_INSERT = f"""INSERT INTO history ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (from_user_id, message_id) DO NOTHING RETURNING seq"""
+_ADD_READER = """INSERT INTO history_readers (conversation_id, user_id, since_seq) VALUES ($1, $2, $3)
+    ON CONFLICT (conversation_id, user_id) DO NOTHING"""
+_REMOVE_READER = "DELETE FROM history_readers WHERE conversation_id = $1 AND user_id = $2"
+_RECENT = f"""SELECT seq, {_COLUMNS} FROM history WHERE conversation_id = $1 AND seq >= $2
+    ORDER BY seq DESC LIMIT $3"""
+_READER_SINCE = "SELECT since_seq FROM history_readers WHERE conversation_id = $1 AND user_id = $2"
+_COUNT = "SELECT COUNT(*) FROM history WHERE message_id = $1"
 
 
 class Fetch(Protocol):
@@ -61,8 +78,69 @@ class Fetch(Protocol):
     def __call__(self, sql: str, *args: Any) -> Awaitable[Sequence[Any]]: ...
 
 
+async def prepare(fetch: Fetch, dialect: Dialect) -> None:
+    """Create the schema if missing and migrate a store of the first schema; idempotent.
+
+    Run in one transaction that no other opener runs at the same time (each backend
+    makes sure), so a failed migration leaves the old tables as they were.
+    """
+    for statement in schema(dialect):
+        await fetch(statement)
+    if await fetch(dialect.table_exists, "messages"):
+        await _migrate_first_schema(fetch)
+
+
+async def _migrate_first_schema(fetch: Fetch) -> None:
+    """The first schema: ``messages`` keyed by ``message_id`` alone and ``conversation_members``
+    filled by replaying messages, where a direct message made its two users members of
+    whatever conversation id the client named. Its members are not trusted: they are
+    rebuilt from the stored system messages alone, which only the logic service accepted.
+    """
+    # Single chats move to their canonical id, the one readers are checked against.
+    pairs = await fetch("SELECT DISTINCT from_user_id, to_user_id FROM messages WHERE to_user_id IS NOT NULL")
+    for row in pairs:
+        sender, recipient = row["from_user_id"], row["to_user_id"]
+        if PAIR_SEPARATOR not in sender and PAIR_SEPARATOR not in recipient:
+            await fetch("UPDATE messages SET conversation_id = $3 WHERE from_user_id = $1 AND to_user_id = $2",
+                        sender, recipient, single_chat_id(sender, recipient))
+    # What nobody may read under the new rules: group messages under a pair's id (a group
+    # named "alice:bob" wrote into alice and bob's chat), users whose id holds the separator.
+    await fetch(f"""DELETE FROM messages WHERE (to_user_id IS NULL AND conversation_id LIKE '%{PAIR_SEPARATOR}%')
+        OR from_user_id LIKE '%{PAIR_SEPARATOR}%' OR to_user_id LIKE '%{PAIR_SEPARATOR}%'""")
+    # Numbered in the order they were stored, the order their membership effects were applied.
+    await fetch(f"INSERT INTO history ({_COLUMNS}) SELECT {_COLUMNS} FROM messages "
+                "ORDER BY stored_at, sent_at, message_id")
+    system = await fetch("""SELECT seq, conversation_id, message_type, metadata FROM history
+        WHERE to_user_id IS NULL AND message_type IN ('system_group', 'system_conversation') ORDER BY seq""")
+    readers: dict[str, dict[str, int]] = {}
+    for row in system:
+        members = readers.setdefault(row["conversation_id"], {})
+        metadata = json.loads(row["metadata"])
+        action, member_ids = metadata.get("action"), [str(u) for u in metadata.get("member_ids") or []]
+        if action in ("create", "invite", "join"):
+            for user_id in member_ids:
+                members.setdefault(user_id, row["seq"])
+        elif action in ("leave", "kick"):
+            for user_id in member_ids:
+                members.pop(user_id, None)
+        elif action == "dismiss":
+            members.clear()
+    for conversation_id, members in readers.items():
+        for user_id, since_seq in members.items():
+            await fetch(_ADD_READER, conversation_id, user_id, since_seq)
+    await fetch("DROP TABLE conversation_members")
+    await fetch("DROP TABLE messages")
+
+
+async def _apply_membership(fetch: Fetch, conversation_id: str, change: MembershipChange, seq: int) -> None:
+    for user_id in change.removed:
+        await fetch(_REMOVE_READER, conversation_id, user_id)
+    for user_id in change.added:
+        await fetch(_ADD_READER, conversation_id, user_id, seq)
+
+
 class MessageStore(ABC):
-    """Chat history and the conversation members it implies."""
+    """Chat history and who may read it."""
 
     @abstractmethod
     def _transaction(self) -> AbstractAsyncContextManager[Fetch]:
@@ -77,7 +155,7 @@ class MessageStore(ABC):
 
     async def save(self, messages: Sequence[PersistMessagePayload]) -> list[str]:
         """Insert the messages not stored yet, in one transaction, applying the membership
-        effect of each newly inserted one in order; return the conversations that changed."""
+        change of each newly inserted one in order; return the conversations that changed."""
         changed: dict[str, None] = {}  # ordered set
         stored_at = now_ms()
         async with self._transaction() as fetch:
@@ -92,21 +170,16 @@ class MessageStore(ABC):
                 if not inserted:
                     continue
                 changed[m.conversation_id] = None
-                effect = membership_effect(m.message_type, m.metadata, m.from_user_id, m.to_user_id)
-                if effect.clear:
-                    await fetch(_CLEAR_MEMBERS, m.conversation_id)
-                for user_id in effect.remove:
-                    await fetch(_REMOVE_MEMBER, m.conversation_id, user_id)
-                for user_id in effect.add:
-                    await fetch(_ADD_MEMBER, m.conversation_id, user_id)
+                if m.membership is not None:
+                    await _apply_membership(fetch, m.conversation_id, m.membership, int(inserted[0]["seq"]))
         return list(changed)
 
-    async def recent(self, conversation_id: str, limit: int) -> list[DownstreamMessage]:
-        """The conversation's newest ``limit`` messages, oldest first."""
-        rows = await self._fetch(_RECENT, conversation_id, limit)
+    async def recent(self, conversation_id: str, limit: int, since_seq: int = 0) -> list[StoredMessage]:
+        """The conversation's newest ``limit`` messages from ``since_seq`` on, oldest first."""
+        rows = await self._fetch(_RECENT, conversation_id, since_seq, limit)
         return [
-            DownstreamMessage(
-                message_id=r["message_id"], conversation_id=r["conversation_id"],
+            StoredMessage(
+                seq=r["seq"], message_id=r["message_id"], conversation_id=r["conversation_id"],
                 from_user_id=r["from_user_id"], to_user_id=r["to_user_id"],
                 message_type=r["message_type"], content=r["content"],
                 metadata=json.loads(r["metadata"]), timestamp=r["sent_at"],
@@ -114,10 +187,19 @@ class MessageStore(ABC):
             for r in reversed(rows)
         ]
 
-    async def is_member(self, conversation_id: str, user_id: str) -> bool:
-        return bool(await self._fetch(_IS_MEMBER, conversation_id, user_id))
+    async def reader_since(self, conversation_id: str, user_id: str) -> int | None:
+        """From which ``seq`` on the user may read the conversation, or None: not at all.
+
+        A single chat's two users read all of it; a group's or conversation's current
+        members from their joining on; a removed member nothing.
+        """
+        pair = single_chat_participants(conversation_id)
+        if pair is not None:
+            return 0 if user_id in pair else None
+        rows = await self._fetch(_READER_SINCE, conversation_id, user_id)
+        return int(rows[0]["since_seq"]) if rows else None
 
     async def count(self, message_id: str) -> int:
-        """Rows stored with this id: 0 or 1."""
+        """Rows stored with this id, from any sender."""
         (row,) = await self._fetch(_COUNT, message_id)
         return int(row[0])

@@ -8,11 +8,16 @@ from typing import Any
 
 import asyncpg
 
-from .base import Fetch, MessageStore, schema
+from .base import Dialect, Fetch, MessageStore, prepare
 
 #: Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide in
 #: PostgreSQL's catalog when a worker and a gateway start together.
 _SCHEMA_LOCK_KEY = 0x6763_6873  # "gchs"
+_DIALECT = Dialect(
+    json_type="JSONB",
+    seq_column="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    table_exists="SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1",
+)
 
 
 class PostgresStore(MessageStore):
@@ -25,8 +30,7 @@ class PostgresStore(MessageStore):
         try:
             async with pool.acquire() as con, con.transaction():
                 await con.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
-                for statement in schema("JSONB"):
-                    await con.execute(statement)
+                await prepare(con.fetch, _DIALECT)
         except BaseException:
             await pool.close()
             raise

@@ -12,10 +12,16 @@ from typing import Any
 
 import aiosqlite
 
-from .base import Fetch, MessageStore, schema
+from .base import Dialect, Fetch, MessageStore, prepare
 
 #: How long a writer waits for another process's lock before failing.
 BUSY_TIMEOUT_MS = 10_000
+_DIALECT = Dialect(
+    json_type="TEXT",
+    # AUTOINCREMENT: a deleted row's seq is never handed out again.
+    seq_column="INTEGER PRIMARY KEY AUTOINCREMENT",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
+)
 
 
 def _sqlite_sql(sql: str) -> str:
@@ -41,8 +47,7 @@ class SqliteStore(MessageStore):
             await db.execute("PRAGMA journal_mode = WAL")
             store = cls(db)
             async with store._transaction() as fetch:
-                for statement in schema("TEXT"):
-                    await fetch(statement)
+                await prepare(fetch, _DIALECT)
         except BaseException:
             await db.close()
             raise

@@ -1,4 +1,4 @@
-"""Groups and conversations: group_id -> ``{"kind", "owner", "members"}`` (groups.py).
+"""Groups and conversations: group_id -> ``{"kind", "owner", "members"}`` (conversations.py).
 
 Event-sourced from the ``system_group`` / ``system_conversation`` messages on
 ``im-group-topic``; written and read only by agents/groups.py.

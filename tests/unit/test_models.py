@@ -6,15 +6,19 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gochat_streams.codecs import DecodeError, decode_task, decode_upstream, decode_user_event
 from gochat_streams.models import (
+    CLIENT_FRAME_ADAPTER,
     TASK_ADAPTER,
     DownstreamMessage,
     GroupFanoutPayload,
+    MembershipChange,
     MessageBody,
     OfflinePushPayload,
     PersistMessagePayload,
+    SendFrame,
     UpstreamMessage,
 )
 
@@ -81,6 +85,11 @@ def _upstream(**changes: object) -> bytes:
         (_upstream(version="2.0"), "invalid_schema", "version"),
         (_upstream(surprise=1), "invalid_schema", "surprise"),
         (_upstream(from_user_id="bad id with spaces"), "invalid_schema", "from_user_id"),
+        # A user id never holds ":": a single chat's id, "a:b", must name exactly one pair.
+        (_upstream(from_user_id="alice:bob"), "invalid_schema", "from_user_id"),
+        (_upstream(to_user_id="alice:bob"), "invalid_schema", "to_user_id"),
+        (_upstream(message_type="system_group", metadata={"action": "invite", "group_id": "g", "invitee_id": "a:b"}),
+         "invalid_schema", "invitee_id"),
         (_upstream(message_type="location", metadata={"latitude": 91, "longitude": 0}), "invalid_schema", "latitude"),
         (_upstream(message_type="file", metadata={}), "missing_field", "filename"),
         (_upstream(content="x" * (LIMIT + 1)), "oversize", "content"),
@@ -94,6 +103,18 @@ def test_bad_upstream_is_a_decode_error_naming_the_problem(raw: bytes, reason: s
         decode_upstream(raw, max_content_chars=LIMIT)
     assert caught.value.reason == reason
     assert field in str(caught.value)
+
+
+def test_user_ids_of_every_envelope_refuse_the_pair_separator() -> None:
+    assert decode_user_event(json.dumps({"kind": "ack", "user_id": "bob", "message_id": "m", "seq": 1}).encode())
+    with pytest.raises(DecodeError):
+        decode_user_event(json.dumps({"kind": "ack", "user_id": "a:b", "message_id": "m", "seq": 1}).encode())
+    with pytest.raises(ValidationError):
+        MembershipChange(added=["a:b"])
+    # A client may leave a single chat's conversation_id out: the gateway sets it.
+    frame = CLIENT_FRAME_ADAPTER.validate_python({"type": "send", "message": {
+        "message_id": "m", "to_user_id": "bob", "content": "hi", "message_type": "text"}})
+    assert isinstance(frame, SendFrame) and frame.message.conversation_id is None
 
 
 def test_missing_message_id_is_named() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import asyncpg
 import pytest
 
 from gochat_streams.models.common import now_ms
-from gochat_streams.models.tasks import PersistMessagePayload
+from gochat_streams.models.tasks import MembershipChange, PersistMessagePayload
 from gochat_streams.store import MessageStore, open_store
 from tests.pg import start_postgres
 
@@ -57,10 +59,11 @@ def message(message_id: str, **fields: Any) -> PersistMessagePayload:
     return PersistMessagePayload(message_id=message_id, **(defaults | fields))
 
 
-def group(message_id: str, action: str, members: list[str], ts: int) -> PersistMessagePayload:
+def group(message_id: str, action: str, members: list[str], ts: int,
+          membership: MembershipChange | None = None) -> PersistMessagePayload:
     return message(
         message_id, conversation_id="grp_1", from_user_id="alice", to_user_id=None, content=action,
-        message_type="system_group", timestamp=ts,
+        message_type="system_group", timestamp=ts, membership=membership,
         metadata={"action": action, "group_id": "grp_1", "member_ids": members},
     )
 
@@ -92,22 +95,25 @@ async def test_concurrent_saves_on_one_store(store: MessageStore) -> None:
     assert [await store.count(f"msg_{i}") for i in range(10)] == [1] * 10
 
 
-async def test_recent_returns_newest_oldest_first(store: MessageStore) -> None:
+async def test_recent_returns_newest_oldest_first_in_the_order_stored(store: MessageStore) -> None:
     metadata = {"format": "markdown", "extra": {"tags": ["a", "ü"], "depth": {"n": 1, "ok": True, "none": None}}}
     t = 1_700_000_000_000
     await store.save([
-        message("m_c", timestamp=t + 3, content="你好", metadata=metadata),
         message("m_a", timestamp=t + 1),
-        message("m_e", timestamp=t + 3),  # same sent time as m_c: message_id breaks the tie
-        message("m_b", timestamp=t + 2),
+        message("m_b", timestamp=t + 9),
+        # A client sets its timestamp: one in the past does not move a message back in history.
+        message("m_c", timestamp=t - 500, content="你好", metadata=metadata),
         message("other", conversation_id="conv_other", timestamp=t + 9),
     ])
+    await store.save([message("m_d", timestamp=t + 2)])
     newest = await store.recent("conv_ab", 3)
-    assert [(m.message_id, m.timestamp) for m in newest] == [("m_b", t + 2), ("m_c", t + 3), ("m_e", t + 3)]
+    assert [(m.message_id, m.timestamp) for m in newest] == [("m_b", t + 9), ("m_c", t - 500), ("m_d", t + 2)]
+    assert [m.seq for m in newest] == sorted(m.seq for m in newest)
     c = newest[1]
     assert (c.content, c.metadata, c.message_type) == ("你好", metadata, "text")
     assert (c.from_user_id, c.to_user_id, c.conversation_id, c.version) == ("alice", "bob", "conv_ab", "1.0")
-    assert [m.message_id for m in await store.recent("conv_ab", 100)] == ["m_a", "m_b", "m_c", "m_e"]
+    assert [m.message_id for m in await store.recent("conv_ab", 100)] == ["m_a", "m_b", "m_c", "m_d"]
+    assert [m.message_id for m in await store.recent("conv_ab", 100, since_seq=c.seq)] == ["m_c", "m_d"]
     assert await store.recent("conv_none", 10) == []
 
 
@@ -118,32 +124,152 @@ async def test_unstamped_message_is_sent_when_stored(store: MessageStore) -> Non
     assert before <= m.timestamp <= now_ms()
 
 
-async def test_membership_follows_the_messages(store: MessageStore) -> None:
-    async def members(conversation_id: str, *user_ids: str) -> list[str]:
-        return [u for u in user_ids if await store.is_member(conversation_id, u)]
+async def test_a_message_id_is_unique_per_sender(store: MessageStore) -> None:
+    alice = message("same_id", conversation_id="alice:bob", content="from alice")
+    carol = message("same_id", conversation_id="bob:carol", from_user_id="carol", content="from carol")
+    assert await store.save([alice]) == ["alice:bob"]
+    assert await store.save([carol, alice]) == ["bob:carol"]
+    assert await store.save([carol]) == []
+    assert await store.count("same_id") == 2
+    assert [m.content for m in await store.recent("bob:carol", 10)] == ["from carol"]
+    assert [m.content for m in await store.recent("alice:bob", 10)] == ["from alice"]
 
-    await store.save([message("chat_1")])
-    assert await members("conv_ab", "alice", "bob", "carol") == ["alice", "bob"]
+
+def change(added: list[str] | None = None, removed: list[str] | None = None) -> MembershipChange:
+    return MembershipChange(added=added or [], removed=removed or [])
+
+
+async def test_readers_are_the_pair_and_the_members_the_logic_service_decided(store: MessageStore) -> None:
+    async def readers(conversation_id: str, *user_ids: str) -> dict[str, int]:
+        return {u: since for u in user_ids if (since := await store.reader_since(conversation_id, u)) is not None}
+
+    # A single chat's readers are its id's two users, with or without stored messages.
+    assert await readers("alice:bob", "alice", "bob", "carol") == {"alice": 0, "bob": 0}
+    assert await readers("bob:alice", "alice", "bob") == {}
 
     everyone = ("alice", "bob", "carol", "dave", "erin")
-    assert await store.save([group("g_1", "create", ["alice", "bob", "carol"], 1)]) == ["grp_1"]
-    assert await members("grp_1", *everyone) == ["alice", "bob", "carol"]
-    kick = group("g_3", "kick", ["bob"], 3)
-    await store.save([group("g_2", "invite", ["dave"], 2), kick, group("g_4", "leave", ["carol"], 4)])
-    assert await members("grp_1", *everyone) == ["alice", "dave"]
+    create = group("g_1", "create", ["alice", "bob", "carol"], 1, change(["alice", "bob", "carol"]))
+    assert await store.save([create]) == ["grp_1"]
+    (created,) = await store.recent("grp_1", 1)
+    assert await readers("grp_1", *everyone) == {"alice": created.seq, "bob": created.seq, "carol": created.seq}
+    # The store applies what it is given, not what action names say.
+    await store.save([group("g_2", "invite", ["carol"], 2, change(["dave"])),
+                      group("g_3", "kick", ["dave"], 3, change(removed=["bob"])),
+                      group("g_4", "leave", [], 4, change(removed=["carol"]))])
+    (invited, *_) = await store.recent("grp_1", 3)
+    assert await readers("grp_1", *everyone) == {"alice": created.seq, "dave": invited.seq}
 
-    # Bob is invited back; the old kick, redelivered, must not remove him again.
-    await store.save([group("g_5", "invite", ["bob"], 5)])
-    assert await store.save([kick]) == []
-    assert await members("grp_1", *everyone) == ["alice", "bob", "dave"]
-    # Ordinary group messages change nothing.
-    await store.save([message("g_text", conversation_id="grp_1", to_user_id=None, from_user_id="erin")])
-    assert await members("grp_1", *everyone) == ["alice", "bob", "dave"]
+    # Bob rejoins and reads from his rejoining on; the old kick, redelivered, does not remove him.
+    await store.save([group("g_5", "invite", ["bob"], 5, change(["bob"]))])
+    (rejoined,) = await store.recent("grp_1", 1)
+    assert await store.save([group("g_3", "kick", ["bob"], 3, change(removed=["bob"]))]) == []
+    assert await readers("grp_1", *everyone) == {"alice": created.seq, "bob": rejoined.seq, "dave": invited.seq}
+    # Ordinary messages change nothing, whatever they name.
+    await store.save([message("g_text", conversation_id="grp_1", to_user_id=None, from_user_id="erin"),
+                      message("dm", conversation_id="grp_1", from_user_id="erin", to_user_id="alice")])
+    assert await readers("grp_1", *everyone) == {"alice": created.seq, "bob": rejoined.seq, "dave": invited.seq}
 
-    await store.save([group("g_6", "dismiss", [], 6)])
-    assert await members("grp_1", *everyone) == []
-    assert await members("conv_ab", "alice", "bob") == ["alice", "bob"]
+    await store.save([group("g_6", "dismiss", [], 6, change(removed=["alice", "bob", "dave"]))])
+    assert await readers("grp_1", *everyone) == {}
     assert [m.message_id for m in await store.recent("grp_1", 10)][:2] == ["g_1", "g_2"]
+
+
+#: The first schema, as the code before per-sender uniqueness created it (store/base.py at 6529e7f).
+FIRST_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS messages (
+        message_id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        from_user_id TEXT NOT NULL,
+        to_user_id TEXT NULL,
+        message_type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        metadata {json_type} NOT NULL,
+        sent_at BIGINT NOT NULL,
+        stored_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, sent_at, message_id)",
+    """CREATE TABLE IF NOT EXISTS conversation_members (
+        conversation_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (conversation_id, user_id)
+    )""",
+]
+#: What the first schema's store held after: a group g1 (john creates with alice and bob,
+#: invites carol, kicks bob); alice and bob chatting under the id the demo page built;
+#: mallory's direct messages naming alice and bob's chat and the group (which made her a
+#: "member" of both); mallory's group named like a pair; a chat under a client's own id.
+FIRST_ROWS = [
+    # message_id, conversation_id, from, to, type, metadata, sent_at, stored_at
+    ("g-create", "g1", "john", None, "system_group",
+     {"action": "create", "group_id": "g1", "member_ids": ["john", "alice", "bob"]}, 10, 100),
+    ("ab-1", "alice:bob", "alice", "bob", "text", {}, 11, 101),
+    ("ab-2", "alice:bob", "bob", "alice", "text", {}, 12, 102),
+    ("evil-1", "alice:bob", "mallory", "bob", "text", {}, 13, 103),
+    ("evil-2", "g1", "mallory", "alice", "text", {}, 14, 104),
+    ("g-hello", "g1", "john", None, "text", {}, 15, 105),
+    ("g-invite", "g1", "john", None, "system_group",
+     {"action": "invite", "group_id": "g1", "invitee_id": "carol", "member_ids": ["carol"]}, 16, 106),
+    ("g-kick", "g1", "john", None, "system_group",
+     {"action": "kick", "group_id": "g1", "invitee_id": "bob", "member_ids": ["bob"]}, 17, 107),
+    ("fake-create", "alice:bob", "mallory", None, "system_group",
+     {"action": "create", "group_id": "alice:bob", "member_ids": ["mallory"]}, 18, 108),
+    ("fake-hello", "alice:bob", "mallory", None, "text", {}, 19, 109),
+    ("own-id", "c_own", "dave", "erin", "text", {}, 20, 110),
+]
+FIRST_MEMBERS = [("g1", "john"), ("g1", "alice"), ("g1", "carol"), ("alice:bob", "alice"), ("alice:bob", "bob"),
+                 ("alice:bob", "mallory"), ("g1", "mallory"), ("c_own", "dave"), ("c_own", "erin")]
+
+
+async def _first_schema_store(store_url: str) -> None:
+    if store_url.startswith("sqlite:///"):
+        path = Path(store_url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True)
+        db = sqlite3.connect(path)
+        for statement in FIRST_SCHEMA:
+            db.execute(statement.format(json_type="TEXT"))
+        db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, 'x', ?, ?, ?)",
+                       [(*r[:5], json.dumps(r[5]), *r[6:]) for r in FIRST_ROWS])
+        db.executemany("INSERT INTO conversation_members VALUES (?, ?)", FIRST_MEMBERS)
+        db.commit()
+        db.close()
+        return
+    con = await asyncpg.connect(store_url)
+    try:
+        for statement in FIRST_SCHEMA:
+            await con.execute(statement.format(json_type="JSONB"))
+        await con.executemany("INSERT INTO messages VALUES ($1, $2, $3, $4, $5, 'x', $6, $7, $8)",
+                              [(*r[:5], json.dumps(r[5]), *r[6:]) for r in FIRST_ROWS])
+        await con.executemany("INSERT INTO conversation_members VALUES ($1, $2)", FIRST_MEMBERS)
+    finally:
+        await con.close()
+
+
+async def test_a_store_of_the_first_schema_is_migrated_on_open(store_url: str) -> None:
+    await _first_schema_store(store_url)
+    for _ in range(2):  # a second open finds nothing left to migrate
+        store = await open_store(store_url)
+        try:
+            # Single chats moved to their pair's id; nothing else is under a pair's id.
+            assert [m.message_id for m in await store.recent("alice:bob", 10)] == ["ab-1", "ab-2"]
+            assert [m.message_id for m in await store.recent("bob:mallory", 10)] == ["evil-1"]
+            assert [m.message_id for m in await store.recent("alice:mallory", 10)] == ["evil-2"]
+            assert [m.message_id for m in await store.recent("dave:erin", 10)] == ["own-id"]
+            assert [m.message_id for m in await store.recent("g1", 10)] == ["g-create", "g-hello", "g-invite",
+                                                                           "g-kick"]
+            for gone in ("fake-create", "fake-hello"):
+                assert await store.count(gone) == 0
+            # Group members rebuilt from the system messages alone, each from their joining on.
+            create, _, invite, _ = await store.recent("g1", 10)
+            readers = {u: await store.reader_since("g1", u) for u in ("john", "alice", "bob", "carol", "mallory")}
+            assert readers == {"john": create.seq, "alice": create.seq, "bob": None, "carol": invite.seq,
+                               "mallory": None}
+            assert await store.reader_since("alice:bob", "mallory") is None
+            assert await store.reader_since("c_own", "dave") is None
+            # The new uniqueness holds: another sender may reuse an id.
+            await store.save([message("ab-1", conversation_id="carol:dave", from_user_id="carol", to_user_id="dave")])
+            assert await store.count("ab-1") == 2
+        finally:
+            await store.close()
 
 
 async def test_unknown_scheme_is_refused() -> None:

@@ -50,12 +50,28 @@ async def test_single_chat_is_rekeyed_by_recipient_and_persisted(sent: dict[str,
     assert key == "user_456"
     delivery = decode_user_event(value)
     assert isinstance(delivery, Delivery) and delivery.user_id == "user_456" and not delivery.echo
-    assert delivery.message.model_dump() == {k: v for k, v in EXAMPLE.items() if k != "gateway_id"}
+    # The spec's example names its single chat "conv_123": the server names it by its two users.
+    assert delivery.message.model_dump() == {k: v for k, v in EXAMPLE.items() if k != "gateway_id"} | {
+        "conversation_id": "user_123:user_456"}
     [(task_key, task_value)] = sent["task"]
     task = decode_task(task_value)
     assert task_key == "persist_message" and isinstance(task, PersistMessageTask)
     assert (task.payload.message_id, task.payload.to_user_id, task.payload.timestamp) == (
         "msg_123", "user_456", EXAMPLE["timestamp"])
+    assert (task.payload.conversation_id, task.payload.membership) == ("user_123:user_456", None)
+    assert sent["group"] == []
+
+
+async def test_a_single_chat_naming_another_conversation_stays_its_own(sent: dict[str, list]) -> None:
+    # A foreign producer is not trusted either: mallory's message names alice and bob's
+    # chat, then a group; both are delivered and stored as mallory and bob's.
+    async with route_upstream.test_context() as agent:
+        for i, named in enumerate(["alice:bob", "group_9"]):
+            await agent.put(json.dumps({**EXAMPLE, "message_id": f"m{i}", "from_user_id": "mallory",
+                                        "to_user_id": "bob", "conversation_id": named}).encode())
+    assert [(key, decode_user_event(value).message.conversation_id) for key, value in sent["user"]] == [
+        ("bob", "bob:mallory"), ("bob", "bob:mallory")]
+    assert [decode_task(value).payload.conversation_id for _, value in sent["task"]] == ["bob:mallory"] * 2
     assert sent["group"] == []
 
 

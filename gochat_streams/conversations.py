@@ -1,13 +1,19 @@
-"""Group and conversation rules as plain functions: no Faust, no I/O.
+"""Who belongs to which conversation: the one membership model, as plain functions (no Faust, no I/O).
 
-A group's state is what the groups table holds: ``{"kind", "owner", "members"}``
-(members in the order they joined). :func:`apply` takes the state and a message for
-the group and returns the new state, who receives the message and the message as it
-is delivered, or raises :class:`Refused`.
+A single chat's conversation is a function of its two participants
+(:func:`single_chat_id`): the server computes it, whatever a client or a foreign
+producer says, so nobody can name a pair they are not part of.
+
+A group's or conversation's state is what the logic service's groups table holds:
+``{"kind", "owner", "members"}`` (members in the order they joined). :func:`apply`
+takes the state and a message for the group and returns the new state, who receives
+the message, the message as it is delivered and the :class:`MembershipChange` it made
+(computed from the state before and after), or raises :class:`Refused`. The message
+store applies that change as given (store/base.py): it never re-derives membership.
 
 Accepted system messages are rewritten by the service: the content says what happened
 (a client cannot make the group read "Alice dismissed the group"), and ``member_ids``
-in the metadata lists the users whose membership changed (membership.py replays it).
+in the metadata lists, for clients, the users whose membership changed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,23 @@ from typing import Any, Literal, TypedDict
 
 from .models import USER_MESSAGE_TYPES, DownstreamMessage, GroupMetadata, RefusalCode, UpstreamMessage
 from .models.messages import ConversationMetadata
+from .models.tasks import MembershipChange
+
+#: Joins a single chat's two participants; user ids never contain it, group ids may not.
+PAIR_SEPARATOR = ":"
+
+
+def single_chat_id(user_a: str, user_b: str) -> str:
+    """A single chat's conversation id: its two participants' ids, sorted, joined by ":"."""
+    return PAIR_SEPARATOR.join(sorted((user_a, user_b)))
+
+
+def single_chat_participants(conversation_id: str) -> tuple[str, str] | None:
+    """The two participants a conversation id names, if it is a single chat's canonical id."""
+    parts = conversation_id.split(PAIR_SEPARATOR)
+    if len(parts) != 2 or not all(parts) or parts[0] > parts[1]:
+        return None
+    return parts[0], parts[1]
 
 
 class GroupState(TypedDict):
@@ -39,6 +62,17 @@ class Outcome:
     #: Who gets the message, the sender included (they get it as an echo).
     recipients: list[str]
     message: DownstreamMessage
+    #: Whose membership the message changed; None when it changed nothing.
+    membership: MembershipChange | None = None
+
+
+def membership_change(before: GroupState | None, after: GroupState | None) -> MembershipChange | None:
+    """Who joined and who left between two states of a group (None: nobody)."""
+    old = before["members"] if before is not None else []
+    new = after["members"] if after is not None else []
+    added = [m for m in new if m not in old]
+    removed = [m for m in old if m not in new]
+    return MembershipChange(added=added, removed=removed) if added or removed else None
 
 
 def target_id(message: UpstreamMessage) -> str:
@@ -51,6 +85,15 @@ def target_id(message: UpstreamMessage) -> str:
 
 
 def apply(state: GroupState | None, message: UpstreamMessage) -> Outcome:
+    group_id = target_id(message)
+    if PAIR_SEPARATOR in group_id:
+        # Else a group named "alice:bob" would write into alice and bob's single chat.
+        raise Refused("invalid_request", f"a group or conversation id must not contain {PAIR_SEPARATOR!r}")
+    outcome = _decide(state, message)
+    return Outcome(outcome.state, outcome.recipients, outcome.message, membership_change(state, outcome.state))
+
+
+def _decide(state: GroupState | None, message: UpstreamMessage) -> Outcome:
     if message.message_type in USER_MESSAGE_TYPES:
         _require_member(state, message.from_user_id, message.conversation_id)
         assert state is not None

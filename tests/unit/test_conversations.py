@@ -1,12 +1,20 @@
-"""The group rules of groups.py: who may do what, who hears of it, what the group becomes."""
+"""The membership model of conversations.py: single chats' ids; group rules (who may do what, who
+hears of it, what the group becomes) and the membership change each accepted message makes."""
 
 from typing import Any
 
 import pytest
 
-from gochat_streams.groups import GroupState, Refused, apply, target_id
-from gochat_streams.membership import membership_effect
-from gochat_streams.models import UpstreamMessage
+from gochat_streams.conversations import (
+    GroupState,
+    Refused,
+    apply,
+    membership_change,
+    single_chat_id,
+    single_chat_participants,
+    target_id,
+)
+from gochat_streams.models import MembershipChange, UpstreamMessage
 
 
 def _system(sender: str, action: str, **meta: Any) -> UpstreamMessage:
@@ -108,14 +116,59 @@ def test_conversation_create_is_a_group_of_participants() -> None:
         apply(outcome.state, _system("john", "invite", invitee_id="x"))
 
 
-def test_accepted_changes_replay_into_the_stores_membership() -> None:
+def test_a_single_chats_id_is_its_two_users_sorted() -> None:
+    assert single_chat_id("bob", "alice") == single_chat_id("alice", "bob") == "alice:bob"
+    assert single_chat_id("bob", "bob") == "bob:bob"
+    assert single_chat_participants("alice:bob") == ("alice", "bob")
+    # Not a pair's canonical id: nobody reads it as a single chat.
+    for other in ("bob:alice", "g1", "a:b:c", ":bob", "alice:"):
+        assert single_chat_participants(other) is None
+
+
+def test_each_accepted_message_carries_the_membership_change_it_made() -> None:
     state = None
     members: set[str] = set()
+    changes = []
     for message in [_system("john", "create", member_ids=["bob"]), _system("bob", "invite", invitee_id="amy"),
-                    _system("eve", "join"), _system("john", "kick", invitee_id="bob"), _system("amy", "leave")]:
+                    _system("eve", "join"), _chat("eve"), _system("john", "kick", invitee_id="bob"),
+                    _system("amy", "leave"), _system("john", "dismiss")]:
         outcome = apply(state, message)
         state = outcome.state
-        m = outcome.message
-        effect = membership_effect(m.message_type, m.metadata, m.from_user_id, m.to_user_id)
-        members = set() if effect.clear else (members | set(effect.add)) - set(effect.remove)
-    assert state is not None and members == set(state["members"]) == {"john", "eve"}
+        changes.append(outcome.membership)
+        if outcome.membership is not None:
+            members = (members | set(outcome.membership.added)) - set(outcome.membership.removed)
+        assert members == set(state["members"] if state is not None else [])
+    assert changes == [
+        MembershipChange(added=["john", "bob"]), MembershipChange(added=["amy"]), MembershipChange(added=["eve"]),
+        None, MembershipChange(removed=["bob"]), MembershipChange(removed=["amy"]),
+        MembershipChange(removed=["john", "eve"]),
+    ]
+
+
+def test_membership_change_compares_states_not_action_names() -> None:
+    assert membership_change(None, None) is None
+    assert membership_change(_group("john", "bob"), _group("bob", "john")) is None
+    assert membership_change(_group("john", "bob"), None) == MembershipChange(removed=["john", "bob"])
+
+
+@pytest.mark.parametrize("action", ["create", "join", "invite"])
+def test_a_group_id_of_the_single_chat_form_is_refused(action: str) -> None:
+    # Else mallory creates a group "alice:bob" and writes into alice and bob's history.
+    message = _system("mallory", action, member_ids=["alice"], invitee_id="bob").model_copy(
+        update={"conversation_id": "alice:bob", "metadata": {"action": action, "group_id": "alice:bob"}})
+    state = _group("mallory") if action != "create" else None
+    with pytest.raises(Refused) as refused:
+        apply(state, message)
+    assert refused.value.code == "invalid_request"
+    chat = _chat("mallory").model_copy(update={"conversation_id": "alice:bob"})
+    with pytest.raises(Refused) as refused:
+        apply(_group("mallory"), chat)
+    assert refused.value.code == "invalid_request"
+    conversation = UpstreamMessage(
+        message_id="c", from_user_id="mallory", to_user_id=None, conversation_id="alice:bob", content="",
+        message_type="system_conversation", timestamp=1, gateway_id="gw",
+        metadata={"action": "create", "conversation_id": "alice:bob", "creator_id": "mallory"},
+    )
+    with pytest.raises(Refused) as refused:
+        apply(None, conversation)
+    assert refused.value.code == "invalid_request"
