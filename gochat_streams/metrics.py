@@ -1,7 +1,8 @@
 """Prometheus metrics of the workers and the gateway; the names the alert rules read.
 
 Every process serves them at ``/metrics`` (workers: Faust's web port, with Faust's own
-``faust_*`` metrics; gateway: its HTTP port). Topic labels carry no namespace prefix.
+``faust_*`` metrics; gateway: its HTTP port), to operators only (operator.py: the
+token, or loopback without one). Topic labels carry no namespace prefix.
 ``deploy/prometheus/alerts.yml`` holds the spec's four alert rules on these names;
 gochat_streams/alerting.py evaluates the same rules in the app.
 """
@@ -70,6 +71,12 @@ gateway_connections = Gauge(
     "gochat_gateway_connections",
     "WebSockets a gateway holds",
     ["gateway"],
+)
+sockets_closed = Counter(
+    "gochat_sockets_closed_total",
+    "WebSockets a gateway closed, by why: queue_full or send_timeout (the client stopped reading), "
+    "token_expired, socket_limit (the user's oldest beyond the per-user limit)",
+    ["gateway", "reason"],
 )
 records_rejected = Counter(
     "gochat_records_rejected_total",

@@ -22,12 +22,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import RecordMetadata
 
 from gochat_streams.devstack import DEV_ENV, Stack, free_port
-from gochat_streams.gateway.tokens import issue_token
+from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.settings import Settings
 
+#: The gateways' GOCHAT_AUTH_SECRET: short, which their dev mode (DEV_ENV) allows.
 SECRET = "integration-test-secret"
 #: GOCHAT_OPERATOR_TOKEN of the tests that set one (operator endpoints; gochat_streams/operator.py).
 OPERATOR_TOKEN = "integration-operator-token-0123456789"
@@ -86,8 +88,9 @@ class Cluster:
     def start_task_worker(self, name: str = "tasks") -> None:
         data_dir = self.root / name
         data_dir.mkdir(exist_ok=True)
+        port = self.web_ports[name] = free_port()
         self.workers[name] = self.stack.start_worker(
-            name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, free_port(), app="gochat_streams.app:task_app"
+            name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, port, app="gochat_streams.app:task_app"
         )
         self.wait_for_log(name, "[^Worker]: Ready")
 
@@ -263,16 +266,22 @@ def outside_address() -> str | None:
 
 
 def token(user_id: str, ttl_s: int = 3600) -> str:
-    return issue_token(user_id, SECRET, ttl_s)
+    return issue_token(user_id, Keyring.single(SECRET), ttl_s)
 
 
-async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
-    """Produce ``records`` in as few batches as the producer makes (linger), then flush."""
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=50, compression_type="lz4")
+async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]], *,
+                  max_request_size: int = 1024 * 1024) -> list[RecordMetadata]:
+    """Produce ``records`` in as few batches as the producer makes (linger), then flush; where each went.
+
+    ``max_request_size`` (aiokafka's, 1 MiB by default) raised: a foreign producer of records larger
+    than ours may be.
+    """
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=50, compression_type="lz4",
+                                max_request_size=max_request_size)
     await producer.start()
     try:
         futures = [await producer.send(topic, value, key=key.encode()) for key, value in records]
-        await asyncio.gather(*futures)
+        return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
 

@@ -159,8 +159,12 @@ async def test_every_worker_route_wants_the_operator_token_and_a_forwarded_reque
                {"Authorization": f"Basic {OPERATOR_TOKEN}"}, {"Authorization": OPERATOR_TOKEN}]
     for name in WORKERS:
         cluster.start_worker(name)
+    cluster.start_task_worker()
     ports = [cluster.web_ports[name] for name in WORKERS]
     async with aiohttp.ClientSession() as http:
+        for path in ("/metrics", "/", "/table/"):  # the task worker's web server: the same guard
+            url = f"http://127.0.0.1:{cluster.web_ports['tasks']}{path}"
+            assert [await _status(http, url, headers) for headers in [good, *refused]] == [200] + [401] * len(refused)
         for port in ports:  # liveness leaks nothing: open to load balancers
             await _until(http, port, "/ready/", lambda status, _: status == 200)
             assert await _get(http, port, "/health/") == (200, {"status": "ok"})
