@@ -128,15 +128,20 @@ async def test_persisting_the_same_task_twice_stores_one_row(cluster: Cluster, s
     )
     marker = task.model_copy(
         update={"payload": task.payload.model_copy(update={"message_id": "marker", "timestamp": 2})})
+    # Message ids are unique per sender: another sender's "twice" is a message of its own.
+    other_sender = task.model_copy(update={"payload": task.payload.model_copy(
+        update={"from_user_id": "c", "conversation_id": "b:c", "content": "mine"})})
     await produce(s, topics.task(s).name, [("persist_message", encode(task))])
-    await produce(s, topics.task(s).name, [("persist_message", encode(task)), ("persist_message", encode(marker))])
+    await produce(s, topics.task(s).name, [("persist_message", encode(task)), ("persist_message", encode(other_sender)),
+                                           ("persist_message", encode(marker))])
 
     store = await open_store(store_url)
     try:
         async with asyncio.timeout(WAIT_S):
             while not await store.count("marker"):
                 await asyncio.sleep(0.2)
-        assert await store.count("twice") == 1
+        assert await store.count("twice") == 2
         assert [m.message_id for m in await store.recent("c1", 10)] == ["twice", "marker"]
+        assert [(m.message_id, m.content) for m in await store.recent("b:c", 10)] == [("twice", "mine")]
     finally:
         await store.close()

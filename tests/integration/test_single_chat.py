@@ -41,6 +41,9 @@ async def test_message_reaches_each_recipient_once_in_downstream_format(
         assert message["message_id"] == f"m-{bob.user_id}"
         assert message["from_user_id"] == "alice"
         assert message["to_user_id"] == bob.user_id
+        # The client named its own conversation id (conftest: c_<message_id>); the server
+        # names a single chat by its two users.
+        assert message["conversation_id"] == f"alice:{bob.user_id}"
         assert message["content"] == f"hi {bob.user_id}"
         assert message["version"] == "1.0"
         assert set(message) == {"message_id", "from_user_id", "to_user_id", "conversation_id", "content",
