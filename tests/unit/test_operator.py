@@ -1,9 +1,10 @@
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pydantic import SecretStr, ValidationError
 
-from gochat_streams.operator import ListenRefused, check_listen, check_operator, is_loopback, operator_headers
+from gochat_streams.operator import (ListenRefused, check_listen, check_operator, is_loopback, operator_headers,
+                                     operator_middleware)
 from gochat_streams.settings import Settings
 
 TOKEN = "operator-token-0123456789"
@@ -63,3 +64,18 @@ def test_listening_beyond_loopback_needs_a_token() -> None:
     for host in ("0.0.0.0", "", "10.0.0.5", "worker.internal"):
         with pytest.raises(ListenRefused, match="GOCHAT_OPERATOR_TOKEN"):
             check_listen(host, Settings(operator_token=None), "worker")
+
+
+async def test_the_middleware_guards_every_route_but_the_open_ones() -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.match_info.get("user_id", "ok"))
+
+    app = web.Application(middlewares=[operator_middleware(Settings(operator_token=SecretStr(TOKEN)), {"/health/"})])
+    app.router.add_get("/health/", echo)
+    app.router.add_get("/users/{user_id}/", echo)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/health/")).status == 200
+        for path in ("/users/alice/", "/health/../users/alice/", "/unknown/"):  # a route added later is guarded
+            assert (await client.get(path)).status == 401
+        response = await client.get("/users/alice/", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert (response.status, await response.text()) == (200, "alice")
