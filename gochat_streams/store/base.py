@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..conversations import PAIR_SEPARATOR, single_chat_id, single_chat_participants
+from ..conversations import PAIR_SEPARATOR, single_chat_participants
 from ..models.common import now_ms
 from ..models.messages import StoredMessage
 from ..models.tasks import MembershipChange, PersistMessagePayload
@@ -33,6 +33,8 @@ class Dialect:
     seq_column: str
     #: One row if the table ``$1`` exists.
     table_exists: str
+    #: The collation that compares strings by code point, as Python's ``sorted`` does.
+    codepoint_collation: str
 
 
 def schema(dialect: Dialect) -> list[str]:
@@ -87,29 +89,32 @@ async def prepare(fetch: Fetch, dialect: Dialect) -> None:
     for statement in schema(dialect):
         await fetch(statement)
     if await fetch(dialect.table_exists, "messages"):
-        await _migrate_first_schema(fetch)
+        await _migrate_first_schema(fetch, dialect)
 
 
-async def _migrate_first_schema(fetch: Fetch) -> None:
+async def _migrate_first_schema(fetch: Fetch, dialect: Dialect) -> None:
     """The first schema: ``messages`` keyed by ``message_id`` alone and ``conversation_members``
     filled by replaying messages, where a direct message made its two users members of
     whatever conversation id the client named. Its members are not trusted: they are
     rebuilt from the stored system messages alone, which only the logic service accepted.
     """
-    # Single chats move to their canonical id, the one readers are checked against.
-    pairs = await fetch("SELECT DISTINCT from_user_id, to_user_id FROM messages WHERE to_user_id IS NOT NULL")
-    for row in pairs:
-        sender, recipient = row["from_user_id"], row["to_user_id"]
-        if PAIR_SEPARATOR not in sender and PAIR_SEPARATOR not in recipient:
-            await fetch("UPDATE messages SET conversation_id = $3 WHERE from_user_id = $1 AND to_user_id = $2",
-                        sender, recipient, single_chat_id(sender, recipient))
-    # What nobody may read under the new rules: group messages under a pair's id (a group
-    # named "alice:bob" wrote into alice and bob's chat), users whose id holds the separator.
-    await fetch(f"""DELETE FROM messages WHERE (to_user_id IS NULL AND conversation_id LIKE '%{PAIR_SEPARATOR}%')
-        OR from_user_id LIKE '%{PAIR_SEPARATOR}%' OR to_user_id LIKE '%{PAIR_SEPARATOR}%'""")
-    # Numbered in the order they were stored, the order their membership effects were applied.
-    await fetch(f"INSERT INTO history ({_COLUMNS}) SELECT {_COLUMNS} FROM messages "
-                "ORDER BY stored_at, sent_at, message_id")
+    # Single chats move to their canonical id, the one readers are checked against
+    # (conversations.single_chat_id, in SQL). Left behind, as nobody may read them under
+    # the new rules: group messages under a pair's id (a group named "alice:bob" wrote
+    # into alice and bob's chat), and users whose id holds the separator. Numbered in the
+    # order they were stored, the order the old membership effects were applied in.
+    sep, collate = PAIR_SEPARATOR, dialect.codepoint_collation
+    await fetch(f"""INSERT INTO history ({_COLUMNS})
+        SELECT message_id,
+            CASE WHEN to_user_id IS NULL THEN conversation_id
+                 WHEN from_user_id COLLATE {collate} < to_user_id COLLATE {collate}
+                     THEN from_user_id || '{sep}' || to_user_id
+                 ELSE to_user_id || '{sep}' || from_user_id END,
+            from_user_id, to_user_id, message_type, content, metadata, sent_at, stored_at
+        FROM messages
+        WHERE NOT (to_user_id IS NULL AND conversation_id LIKE '%{sep}%')
+            AND from_user_id NOT LIKE '%{sep}%' AND COALESCE(to_user_id, '') NOT LIKE '%{sep}%'
+        ORDER BY stored_at, sent_at, message_id""")
     system = await fetch("""SELECT seq, conversation_id, message_type, metadata FROM history
         WHERE to_user_id IS NULL AND message_type IN ('system_group', 'system_conversation') ORDER BY seq""")
     readers: dict[str, dict[str, int]] = {}

@@ -17,6 +17,7 @@ _DIALECT = Dialect(
     json_type="JSONB",
     seq_column="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     table_exists="SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1",
+    codepoint_collation='"C"',
 )
 
 

@@ -21,6 +21,7 @@ _DIALECT = Dialect(
     # AUTOINCREMENT: a deleted row's seq is never handed out again.
     seq_column="INTEGER PRIMARY KEY AUTOINCREMENT",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
+    codepoint_collation='BINARY',
 )
 
 

@@ -37,7 +37,10 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     name = f"test_{uuid.uuid4().hex}"
     admin = await asyncpg.connect(dsn)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        # A locale's collation, as production databases have (ICU, as the OS may have no
+        # locales): code-point order, which single chats' ids are built with, differs.
+        await admin.execute(f"""CREATE DATABASE "{name}" TEMPLATE template0
+            LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'""")
         yield f"{dsn.rsplit('/', 1)[0]}/{name}"
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
@@ -215,6 +218,8 @@ FIRST_ROWS = [
      {"action": "create", "group_id": "alice:bob", "member_ids": ["mallory"]}, 18, 108),
     ("fake-hello", "alice:bob", "mallory", None, "text", {}, 19, 109),
     ("own-id", "c_own", "dave", "erin", "text", {}, 20, 110),
+    # Sorted by code point, as Python sorts: "Zed" before "alice" (a locale's order differs).
+    ("cased", "c_cased", "alice", "Zed", "text", {}, 21, 111),
 ]
 FIRST_MEMBERS = [("g1", "john"), ("g1", "alice"), ("g1", "carol"), ("alice:bob", "alice"), ("alice:bob", "bob"),
                  ("alice:bob", "mallory"), ("g1", "mallory"), ("c_own", "dave"), ("c_own", "erin")]
@@ -254,6 +259,7 @@ async def test_a_store_of_the_first_schema_is_migrated_on_open(store_url: str) -
             assert [m.message_id for m in await store.recent("bob:mallory", 10)] == ["evil-1"]
             assert [m.message_id for m in await store.recent("alice:mallory", 10)] == ["evil-2"]
             assert [m.message_id for m in await store.recent("dave:erin", 10)] == ["own-id"]
+            assert [m.message_id for m in await store.recent("Zed:alice", 10)] == ["cased"]
             assert [m.message_id for m in await store.recent("g1", 10)] == ["g-create", "g-hello", "g-invite",
                                                                            "g-kick"]
             for gone in ("fake-create", "fake-hello"):
