@@ -54,8 +54,9 @@ def check_operator(request: web.Request, settings: Settings) -> None:
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # compare_digest takes equal time whatever prefix matches; only the length may show.
+    # surrogateescape: aiohttp decodes a header's invalid UTF-8 bytes to surrogates.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.get_secret_value().encode()
+        given.strip().encode("utf-8", "surrogateescape"), token.get_secret_value().encode()
     ):
         raise web.HTTPUnauthorized(text="operator token required", headers=CHALLENGE)
 
@@ -76,7 +77,7 @@ def operator_middleware(settings: Settings, open_paths: Collection[str] = ()) ->
 
 
 def operator_headers(settings: Settings) -> dict[str, str]:
-    """Headers a client of operator endpoints sends (the monitor, a forwarded request)."""
+    """Headers a client of operator endpoints sends (the monitor scraping the gateways)."""
     token = settings.operator_token
     return {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
 

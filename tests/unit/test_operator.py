@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
@@ -79,3 +81,10 @@ async def test_the_middleware_guards_every_route_but_the_open_ones() -> None:
             assert (await client.get(path)).status == 401
         response = await client.get("/users/alice/", headers={"Authorization": f"Bearer {TOKEN}"})
         assert (response.status, await response.text()) == (200, "alice")
+        # A token that is not UTF-8 is refused like any other, not a 500.
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(b"GET /users/alice/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                     b"Connection: close\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 401")
+        writer.close()
+        await writer.wait_closed()
