@@ -92,8 +92,9 @@ def decode_refusal(data: bytes) -> Refusal:
     return decode(_REFUSAL_ADAPTER, data)
 
 
-def decode_dead_letter(data: bytes) -> DeadLetter:
-    return decode(_DEAD_LETTER_ADAPTER, data)
+def decode_dead_letter(data: bytes, *, max_bytes: int = MAX_RECORD_BYTES) -> DeadLetter:
+    """``max_bytes``: the producers' largest request, which letters are sized to (deadletters.py)."""
+    return decode(_DEAD_LETTER_ADAPTER, data, max_bytes=max_bytes)
 
 
 def decode_alert(data: bytes) -> AlertEvent:

@@ -14,7 +14,7 @@ from faust.cli import option
 from . import topics
 from .app import app, settings
 from .codecs import decode_dead_letter
-from .gateway.tokens import issue_token
+from .gateway.tokens import issue_token, keyring
 from .kafka import client_kwargs, producer_kwargs
 from .models import DeadLetter
 
@@ -25,8 +25,8 @@ _QUIET_S = 1.0
 @app.command(option("--ttl", type=int, default=None, help="Seconds until the token expires."),
              faust.cli.argument("user_id"))
 async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> None:
-    """Print a signed gateway token for USER_ID (development use)."""
-    print(issue_token(user_id, settings.auth_secret.get_secret_value(), ttl or settings.token_ttl_s))
+    """Print a gateway token for USER_ID, signed with the gateway's signing key (development use)."""
+    print(issue_token(user_id, keyring(settings), ttl or settings.token_ttl_s))
 
 
 @app.command()
@@ -64,7 +64,8 @@ async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLett
         while batches := await consumer.getmany(timeout_ms=int(_QUIET_S * 1000)):
             for records in batches.values():
                 for r in records:
-                    letters.append((f"{r.partition}:{r.offset}", decode_dead_letter(r.value)))
+                    letter = decode_dead_letter(r.value, max_bytes=settings.producer_max_request_bytes)
+                    letters.append((f"{r.partition}:{r.offset}", letter))
         return letters
     finally:
         await consumer.stop()
@@ -88,6 +89,10 @@ async def dead_letters(self: faust.cli.AppCommand, service: str, replay: tuple[s
     unknown = [p for p in replay if p not in chosen]
     if unknown:
         raise click.UsageError(f"no dead letter at {', '.join(unknown)} on {spec.name}")
+    if truncated := [p for p in replay if chosen[p].truncated]:
+        raise click.ClickException(
+            f"not replayed: the dead letters at {', '.join(truncated)} on {spec.name} are truncated (the record "
+            "was too big to copy whole), so they are not the original records; nothing was sent")
     producer = AIOKafkaProducer(**producer_kwargs(settings))
     await producer.start()
     try:

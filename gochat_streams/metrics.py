@@ -41,6 +41,11 @@ dead_letters = Counter(
     "Records written to a dead-letter topic, by that topic",
     ["topic"],
 )
+dead_letter_write_failures = Counter(
+    "gochat_dead_letter_write_failures_total",
+    "Failed attempts at writing a dead letter or its alert; the record's partition waits until one succeeds",
+    ["service"],
+)
 retries = Counter(
     "gochat_retries_total",
     "Attempts made again after a failure (sends, store writes, pushes)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .alerting import AlertThresholds
 
 DAY_MS = 24 * 60 * 60 * 1000
+#: aiokafka's default largest produce request, and the least ``producer_max_request_bytes``.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+#: The token secret a checkout runs with; only dev mode accepts it.
+DEV_AUTH_SECRET = "dev-secret-change-me"
 
 
 class Settings(BaseSettings):
@@ -74,6 +78,12 @@ class Settings(BaseSettings):
     #: The longest a consumer's fetch waits for records. Kafka answers as soon as records
     #: arrive; the dev broker only near the end of the wait, so the dev stack shortens it.
     fetch_max_wait_ms: int = Field(500, ge=1)
+    #: The largest produce request of every producer of ours, Faust's included (aiokafka's
+    #: ``max_request_size``). A dead letter copies only as much of a record as fits in one
+    #: (deadletters.py). It may be raised, not lowered: a letter built without the setting
+    #: (the gateway's) is sized for the default. Kafka's broker refuses more than its
+    #: ``message.max.bytes`` (about 1 MiB by default) whatever this says.
+    producer_max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=DEFAULT_MAX_REQUEST_BYTES)
 
     # Worker
     #: Attempts at a record whose handling fails before it is dead-lettered (the spec's 3).
@@ -125,7 +135,14 @@ class Settings(BaseSettings):
     gateway_id: str = Field("gateway_001", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    auth_secret: SecretStr = SecretStr("dev-secret-change-me")
+    #: Signs and verifies client tokens (key id ``default``). Outside dev mode the gateway
+    #: refuses this default and any secret under 32 bytes (gateway/tokens.py).
+    auth_secret: SecretStr = SecretStr(DEV_AUTH_SECRET)
+    #: A keyring instead of ``auth_secret``, to rotate without logging everyone out:
+    #: JSON ``{"key id": "secret"}``. Tokens are signed with ``auth_signing_key`` (needed
+    #: when more than one key is listed) and accepted with any listed key.
+    auth_keys: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")], SecretStr] = {}
+    auth_signing_key: str | None = None
     token_ttl_s: int = 24 * 60 * 60
     max_frame_bytes: int = 64 * 1024
     #: Frames a socket may send per second on average, and in a burst; beyond, they are

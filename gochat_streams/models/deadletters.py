@@ -15,7 +15,7 @@ class DeadLetter(Model):
     """A record a service gave up on, with where it came from and why.
 
     ``value_b64`` is the record's original bytes, so it can be replayed exactly as it
-    was, even when it is not JSON.
+    was, even when it is not JSON; unless ``truncated``.
     """
 
     service: Service
@@ -29,6 +29,11 @@ class DeadLetter(Model):
     #: Attempts made before giving up (the spec's 3 for a failing handler; 0 for bad input).
     retry_count: int
     failed_at: TimestampMs
+    #: The record's value size in bytes (None in letters written before it was recorded).
+    value_size: int | None = None
+    #: ``value_b64`` (and ``key``, if very long) hold only the record's beginning: the whole
+    #: would not fit in a produce request. Such a letter is not replayed: it is not the record.
+    truncated: bool = False
 
 
 class Alert(Model):

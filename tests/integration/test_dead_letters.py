@@ -157,3 +157,59 @@ async def test_a_gateway_buries_what_it_cannot_push_and_pushes_the_rest(cluster:
     buried = [decode_dead_letter(r.value) for r in letters]
     assert sorted((d.service, d.source_topic, d.reason, d.retry_count, base64.b64decode(d.value_b64))
                   for d in buried) == sorted(("gateway", downstream, reason, 0, value) for _, value, reason in bad)
+
+
+#: Larger than any request of ours (1 MiB by default), so too big to dead-letter whole.
+BIG_SIZES = [2 * 1024 * 1024, 20 * 1024 * 1024, 2 * 1024 * 1024, 20 * 1024 * 1024]
+
+
+def _big(i: int, size: int) -> bytes:
+    """A record of ``size`` bytes that does not compress: alternately a chat message with huge content, and noise."""
+    if i % 2:
+        return os.urandom(size)
+    head, tail = json.loads(_good(i)[1]), b'"}'
+    head["content"] = ""
+    prefix = json.dumps(head).encode()[:-2]
+    filler = base64.b64encode(os.urandom(size))[: size - len(prefix) - len(tail)]
+    return prefix + filler + tail
+
+
+async def test_records_too_big_to_dead_letter_whole_are_buried_truncated_and_stall_nothing(
+        cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    recipient = await connect(gw, RECIPIENTS[0])
+    s = cluster.settings
+    goods = [_good(i * len(RECIPIENTS)) for i in range(len(BIG_SIZES) + 1)]  # all to RECIPIENTS[0]
+    bigs = [_big(i, size) for i, size in enumerate(BIG_SIZES)]
+    records: list[tuple[str, bytes]] = [goods[0]]
+    for big, good in zip(bigs, goods[1:]):
+        records += [("sender", big), good]  # one key: one partition, each big one before a good one
+    sent = await produce(s, topics.upstream(s).name, records, max_request_size=64 * 1024 * 1024)
+
+    # Every good record arrives, in order.
+    assert [m["message_id"] for m in await recipient.messages(len(goods), ack=True)] == [
+        json.loads(value)["message_id"] for _, value in goods]
+
+    # Each big one is listed, as an oversize letter with its size and position, truncated.
+    big_positions = {(sent[i].partition, sent[i].offset): big for i, big in zip(range(1, len(records), 2), bigs)}
+    await consume_all(s, [topics.upstream_dlq(s).name], lambda rs: len(rs) >= len(bigs))
+    listed = [json.loads(line) for line in _dead_letters_cli(cluster).splitlines()]
+    assert sorted((d["source_topic"], d["partition"], d["offset"], d["reason"], d["value_size"], d["truncated"])
+                  for d in listed) == sorted((topics.upstream(s).name, partition, offset, "oversize", len(big), True)
+                                             for (partition, offset), big in big_positions.items())
+    # The copy is the record's beginning, and each letter fits the producer's requests.
+    for record in await consume_all(s, [topics.upstream_dlq(s).name], lambda rs: len(rs) >= len(bigs)):
+        letter = decode_dead_letter(record.value)
+        assert len(record.value) <= s.producer_max_request_bytes
+        assert big_positions[letter.partition, letter.offset].startswith(base64.b64decode(letter.value_b64))
+
+    # A truncated letter is not the record: it is not replayed.
+    refused = subprocess.run([sys.executable, "-m", "gochat_streams", "dead-letters", "--replay", listed[0]["position"]],
+                             env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=WAIT_S)
+    assert refused.returncode != 0 and "truncated" in refused.stderr, refused.stderr
+
+    # The agent never crashed nor restarted.
+    log = (cluster.stack.log_dir / "w1.log").read_text(errors="replace")
+    assert log.count("[^Worker]: Ready") == 1
+    assert "crash" not in log.lower() and "Restarting dead" not in log and "MessageSizeTooLargeError" not in log
