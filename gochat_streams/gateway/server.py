@@ -1,11 +1,12 @@
 """The aiohttp gateway: ``create_app(settings)`` and ``run(settings)``.
 
-A client connects to ``/ws`` with a token (``Authorization: Bearer`` or ``?token=``),
+A client connects to ``/ws`` with a token (``Authorization: Bearer`` or a subprotocol: auth.py),
 sends ``{"type": "send", "message": {...}}`` and ``{"type": "ack", "message_id": ...}``
 frames and receives ``ack``, ``message`` and ``error`` frames. The gateway produces to
 ``im-upstream-topic`` keyed by sender, publishes the user's presence and
 acknowledgements to ``im-user-topic``, and pushes what arrives on its own
-``im-downstream-topic-{gateway_id}`` to the recipient's sockets (headers: topics.py).
+``im-downstream-topic-{gateway_id}`` to the recipient's sockets (headers: topics.py),
+through each socket's send queue (hub.py), so that no socket holds up another.
 ``GET /history`` (history.py) serves a conversation's recent messages to its members.
 """
 
@@ -32,19 +33,24 @@ from ..compat.aiokafka import drain_whole_nodes, track_topic
 from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, producer_kwargs
-from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject
+from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
+from ..operator import check_operator
 from ..monitor import publish_rule_alerts
 from ..routing import addressing_error
 from ..serving import cancel_all, serve
 from ..settings import Settings
 from ..trace import hop
-from .auth import authenticate
+from .auth import PROTOCOL, RedactTokens, offered_protocols, verified
 from .history import history, history_clients
-from .hub import Connection, Hub, TokenBucket
-from .keys import HUB, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .hub import Connection, Hub, SendLimits, TokenBucket
+from .keys import HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .tokens import InsecureKeyring, keyring
 
 log = logging.getLogger(__name__)
+
+_TOKEN_EXPIRED = json.dumps({"type": "error", "code": "token_expired",
+                             "detail": "the token expired: connect again with a new one", "message_id": None})
 
 _ERROR_CODES: dict[str, ErrorCode] = {
     "malformed_json": "malformed_json",
@@ -54,9 +60,11 @@ _ERROR_CODES: dict[str, ErrorCode] = {
 
 
 def create_app(settings: Settings) -> web.Application:
+    """The gateway app; :class:`tokens.InsecureKeyring` if its token keys must not be run with."""
     app = web.Application()
     app[SETTINGS] = settings
-    app[HUB] = Hub()
+    app[KEYRING] = keyring(settings)
+    app[HUB] = Hub(settings.max_sockets_per_user)
     app[READY] = asyncio.Event()
     app[UNSENT] = asyncio.Semaphore(settings.max_unsent)
     app[LATENCIES] = Observations(settings.alert_thresholds())
@@ -168,13 +176,13 @@ async def _bury(app: web.Application, record: ConsumerRecord, reason: str, detai
 
 
 async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
-    """Push one downstream record to the sockets its key and headers name."""
+    """Queue one downstream record for the sockets its key and headers name (never waits for a socket)."""
     headers = dict(record.headers)
     if not record.key or not record.value:
         raise _BadRecord("missing_field", "record without key or value")
     user_id = record.key.decode(errors="replace")
     if headers.get(topics.DOWNSTREAM_KIND) == b"error":
-        await _push_refusal(app[HUB], user_id, record.value)
+        _push_refusal(app[HUB], user_id, record.value)
         return
     try:
         message = decode_downstream(record.value)
@@ -190,7 +198,7 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     if target is not None:
         # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
         if (conn := hub.connection(user_id, target.decode())) is not None:
-            await conn.push(frame, message.from_user_id, message.message_id, seq)
+            conn.push(frame, message.from_user_id, message.message_id, seq, sync=True)
             _traced(record, message.message_id, "sync", user_id)
         return
     checked_at = now_ms()
@@ -199,9 +207,9 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         # An echo of the user's own message: for their other sockets, not the sender's.
         for conn in connections:
             if not conn.sent(message.message_id):
-                await conn.push(frame, message.from_user_id, message.message_id, None)
+                conn.push(frame, message.from_user_id, message.message_id, None)
         return
-    pushed = [await conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
+    pushed = [conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
     if not any(pushed):
         await _bounce(app, user_id, message.message_id, seq, checked_at)
         return
@@ -224,7 +232,7 @@ async def _bounce(app: web.Application, user_id: str, message_id: str, seq: int,
     await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(bounce))
 
 
-async def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
+def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
     try:
         refusal = decode_refusal(raw)
     except DecodeError as exc:
@@ -234,12 +242,16 @@ async def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
     connections = hub.connections(user_id)
     senders = [conn for conn in connections if conn.sent(refusal.message_id)]
     for conn in senders or connections:
-        await conn.send(frame)
+        conn.enqueue(frame)
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for conn in app[HUB].all_connections():
-        await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+    async def close(conn: Connection) -> None:
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(1.0):  # a client that does not read does not hold up the shutdown
+                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+    await asyncio.gather(*(close(conn) for conn in app[HUB].all_connections()))
 
 
 async def _publish_presence(app: web.Application, user_id: str, connection_id: str, online: bool) -> None:
@@ -255,15 +267,25 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     s = app[SETTINGS]
     if not app[READY].is_set():
         raise web.HTTPServiceUnavailable(text="gateway is starting")
-    user_id = authenticate(request)
+    claims = verified(request)
+    protocols = offered_protocols(request)
+    if protocols and PROTOCOL not in protocols:
+        # Refused before aiohttp logs the offered protocols, a token among them.
+        raise web.HTTPBadRequest(text=f"offer the {PROTOCOL!r} subprotocol")
+    user_id = claims.user_id
 
-    ws = web.WebSocketResponse(heartbeat=s.ws_heartbeat_s, max_msg_size=4 * s.max_frame_bytes)
+    ws = web.WebSocketResponse(heartbeat=s.ws_heartbeat_s, max_msg_size=4 * s.max_frame_bytes, protocols=(PROTOCOL,))
     await ws.prepare(request)
-    conn = Connection(user_id, uuid.uuid4().hex, ws, TokenBucket(s.max_frames_per_s, s.max_frames_burst))
+    conn = Connection(user_id, uuid.uuid4().hex, ws, TokenBucket(s.max_frames_per_s, s.max_frames_burst),
+                      SendLimits(s.ws_send_queue_max, s.inbox_max_pending, s.ws_send_timeout_s), request.transport)
     hub = app[HUB]
+    writer = asyncio.create_task(conn.write(), name=f"writer-{conn.connection_id}")
+    expiry = asyncio.get_running_loop().call_later(max(0.0, claims.expires_at - time.time()), conn.close,
+                                                   "token_expired", _TOKEN_EXPIRED)
     # Registered before the presence change is published: the reconnect sync that
-    # the change triggers finds the socket.
-    hub.add(conn)
+    # the change triggers finds the socket. Beyond the per-user limit, the oldest go.
+    for oldest in hub.add(conn):
+        oldest.close("socket_limit")
     gateway_connections.labels(s.gateway_id).set(hub.connection_count)
     try:
         await _publish_presence(app, user_id, conn.connection_id, online=True)
@@ -272,11 +294,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await _on_frame(app, conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 await _error(ws, "invalid_frame", "frames are JSON text")
+    except ConnectionResetError:
+        pass  # a reply to the client failed: it went away, or the gateway cut it off for not reading
     finally:
+        expiry.cancel()
         hub.remove(conn)
         gateway_connections.labels(s.gateway_id).set(hub.connection_count)
+        if conn.closing is not None:
+            sockets_closed.labels(s.gateway_id, conn.closing).inc()
         with contextlib.suppress(KafkaError, asyncio.CancelledError):
             await asyncio.shield(_publish_presence(app, user_id, conn.connection_id, online=False))
+        await cancel_all([writer])
     return ws
 
 
@@ -383,6 +411,7 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
 
 
 async def metrics(request: web.Request) -> web.Response:
+    check_operator(request, request.app[SETTINGS])
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -401,5 +430,10 @@ async def demo_page(request: web.Request) -> web.FileResponse:
 
 async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
-    await serve(create_app(settings), settings, settings.gateway_host, settings.gateway_port,
+    try:
+        app = create_app(settings)
+    except InsecureKeyring as exc:
+        raise SystemExit(f"gateway not started: {exc}") from None
+    logging.getLogger("aiohttp.access").addFilter(RedactTokens())
+    await serve(app, settings, settings.gateway_host, settings.gateway_port,
                 f"gateway {settings.gateway_id}")

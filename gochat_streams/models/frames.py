@@ -47,6 +47,8 @@ ErrorCode = Literal[
     "sender_mismatch",
     "broker_unavailable",
     "rate_limited",
+    # The socket's token expired: the gateway closes it after this frame.
+    "token_expired",
     # Refused by the logic service (conversations.py), after the gateway accepted the frame:
     "unknown_group",
     "not_a_member",
