@@ -108,6 +108,12 @@ tasks_failed = Counter(
     "Tasks the task service could not complete, by type",
     ["task_type"],
 )
+history_invalidation_failures = Counter(
+    "gochat_history_invalidation_failures_total",
+    "History cache invalidations that failed after the messages were stored, by stage: after_store "
+    "(then retried on their own), retry, expired (given up: the cached list has expired by then)",
+    ["stage"],
+)
 history_cache_errors = Counter(
     "gochat_history_cache_errors_total",
     "History reads that Redis failed and the message store served instead",

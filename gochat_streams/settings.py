@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     history_default_limit: int = Field(50, ge=1)
     history_max_limit: int = Field(200, ge=1)
     history_cache_ttl_s: int = Field(300, ge=1)
-    #: How long /history waits for Redis before it reads the store instead.
+    #: How long /history waits for Redis before it reads the store instead, and the task
+    #: service for an invalidation before it leaves it to be retried (agents/tasks.py).
     history_cache_timeout_s: float = Field(1.0, gt=0)
 
     #: The dev stack and the tests set this (GOCHAT_DEV_MODE=1): it allows what production

@@ -4,12 +4,18 @@ Runs in its own Faust app (consumer group ``im-task-group``, app.py). Tasks are 
 batches of up to ``max.poll.records``: one store transaction persists a batch's
 messages, and the offsets are committed only after the batch is handled. A task that
 fails ``max_attempts`` times (with backoff) goes to ``im-task-dlq`` with an alert.
+
+After a batch is stored, its conversations' history cache is invalidated. Redis is a
+cache: if that fails, the messages are stored all the same (they are not stored again,
+nor dead-lettered) and :class:`PendingInvalidations` retries it on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,30 +30,120 @@ from ..channels import task_dead_letters, task_service_tasks, task_service_user
 from ..codecs import DecodeError, decode_task, encode
 from ..deadletters import retrying
 from ..history import RecentMessages
-from ..metrics import count_consumed, tasks_done, tasks_failed
+from ..metrics import count_consumed, history_invalidation_failures, tasks_done, tasks_failed
 from ..models import Delivery, GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
 from ..push import Pusher, create_pusher
 from ..store import MessageStore, open_store
 from ..topics import task_group
 from ..trace import event_hop
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T", OfflinePushTask, GroupFanoutTask)
 #: How long a partial batch waits for more tasks before it is handled.
 _BATCH_WAIT_S = 0.05
+#: Conversations invalidated again in one Redis transaction.
+_RETRY_CHUNK = 1000
+#: The longest wait between attempts at the pending invalidations.
+_MAX_RETRY_BACKOFF_S = 10.0
+#: Conversations kept pending at most; beyond, the oldest are left to the cache's TTL.
+_MAX_PENDING = 100_000
+
+
+class PendingInvalidations:
+    """Conversations whose history cache invalidation failed after their messages were stored.
+
+    Invalidated again in the background, with backoff, until Redis takes it, or until the
+    cache's TTL after the last failure: by then whatever was cached before the write has
+    expired (the TTL is the backstop). Until then /history may serve the list cached before.
+    """
+
+    def __init__(self, recent: RecentMessages, *, ttl_s: float, timeout_s: float, backoff_s: float) -> None:
+        self.recent = recent
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.backoff_s = max(backoff_s, 0.1)
+        #: conversation id -> when its cached list has surely expired (monotonic), oldest first.
+        self._until: dict[str, float] = {}
+        self._added = asyncio.Event()
+        self._retrying: asyncio.Task[None] | None = None
+
+    async def invalidate(self, conversation_ids: Sequence[str]) -> None:
+        """Invalidate now; if Redis fails, keep the conversations for the retries. Never raises."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.recent.invalidate(conversation_ids)
+        except Exception as exc:  # a cache: whatever failed, the messages are stored
+            history_invalidation_failures.labels("after_store").inc()
+            log.warning("history cache invalidation failed after storing %d conversations (%r): retried on its own",
+                        len(conversation_ids), exc)
+            self._add(conversation_ids)
+
+    def _add(self, conversation_ids: Sequence[str]) -> None:
+        until = time.monotonic() + self.ttl_s
+        for conversation_id in conversation_ids:
+            self._until.pop(conversation_id, None)  # to the end: the newest deadline
+            self._until[conversation_id] = until
+        while len(self._until) > _MAX_PENDING:
+            del self._until[next(iter(self._until))]
+            history_invalidation_failures.labels("expired").inc()
+        if self._retrying is None:
+            self._retrying = asyncio.create_task(self._retry(), name="history cache invalidation retries")
+        self._added.set()
+
+    async def _retry(self) -> None:
+        failures = 0
+        while True:
+            if failures:
+                await asyncio.sleep(min(self.backoff_s * 2 ** (failures - 1), _MAX_RETRY_BACKOFF_S))
+            self._drop_expired()
+            if not self._until:
+                failures = 0
+                self._added.clear()
+                await self._added.wait()
+                continue
+            attempt = dict(itertools.islice(self._until.items(), _RETRY_CHUNK))
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.recent.invalidate(list(attempt))
+            except Exception as exc:  # still down: the next attempt waits longer
+                failures += 1
+                history_invalidation_failures.labels("retry").inc()
+                log.info("history cache invalidation of %d conversations failed again (%r)", len(attempt), exc)
+                continue
+            failures = 0
+            for conversation_id, until in attempt.items():
+                if self._until.get(conversation_id) == until:  # not failed again meanwhile
+                    del self._until[conversation_id]
+            log.info("history cache invalidated again for %d conversations", len(attempt))
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        expired = [c for c, until in self._until.items() if until <= now]
+        for conversation_id in expired:
+            del self._until[conversation_id]
+        if expired:
+            history_invalidation_failures.labels("expired").inc(len(expired))
+            log.warning("gave up invalidating the history cache of %d conversations: their cached lists have "
+                        "expired by now", len(expired))
+
+    async def close(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
 
 
 @dataclass
 class TaskHandlers:
     store: MessageStore
-    recent: RecentMessages
+    invalidations: PendingInvalidations
     pusher: Pusher
 
     async def persist(self, tasks: Sequence[PersistMessageTask]) -> None:
         await self.store.save([t.payload for t in tasks])
-        # Every conversation of the batch, not only those save() changed: after a retry
-        # whose save had succeeded and whose invalidation had not, it changes nothing.
-        await self.recent.invalidate(dict.fromkeys(t.payload.conversation_id for t in tasks))
         tasks_done.labels("persist_message").inc(len(tasks))
+        await self.invalidations.invalidate(list(dict.fromkeys(t.payload.conversation_id for t in tasks)))
 
     async def push(self, task: OfflinePushTask) -> None:
         await self.pusher.push(task.payload)
@@ -132,7 +228,13 @@ async def task_handlers() -> AsyncIterator[TaskHandlers]:
     try:
         recent = RecentMessages(redis, store, namespace=settings.namespace, size=settings.history_max_limit,
                                 ttl_s=settings.history_cache_ttl_s)
-        yield TaskHandlers(store, recent, pusher)
+        invalidations = PendingInvalidations(recent, ttl_s=settings.history_cache_ttl_s,
+                                             timeout_s=settings.history_cache_timeout_s,
+                                             backoff_s=settings.retry_backoff_s)
+        try:
+            yield TaskHandlers(store, invalidations, pusher)
+        finally:
+            await invalidations.close()
     finally:
         await pusher.close()
         await redis.aclose()
