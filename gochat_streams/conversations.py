@@ -18,7 +18,7 @@ in the metadata lists, for clients, the users whose membership changed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypedDict
 
 from .models import USER_MESSAGE_TYPES, DownstreamMessage, GroupMetadata, RefusalCode, UpstreamMessage
@@ -70,8 +70,9 @@ def membership_change(before: GroupState | None, after: GroupState | None) -> Me
     """Who joined and who left between two states of a group (None: nobody)."""
     old = before["members"] if before is not None else []
     new = after["members"] if after is not None else []
-    added = [m for m in new if m not in old]
-    removed = [m for m in old if m not in new]
+    old_set, new_set = set(old), set(new)
+    added = [m for m in new if m not in old_set]
+    removed = [m for m in old if m not in new_set]
     return MembershipChange(added=added, removed=removed) if added or removed else None
 
 
@@ -90,7 +91,9 @@ def apply(state: GroupState | None, message: UpstreamMessage) -> Outcome:
         # Else a group named "alice:bob" would write into alice and bob's single chat.
         raise Refused("invalid_request", f"a group or conversation id must not contain {PAIR_SEPARATOR!r}")
     outcome = _decide(state, message)
-    return Outcome(outcome.state, outcome.recipients, outcome.message, membership_change(state, outcome.state))
+    if message.message_type in USER_MESSAGE_TYPES:
+        return outcome  # a chat message changes nobody's membership
+    return replace(outcome, membership=membership_change(state, outcome.state))
 
 
 def _decide(state: GroupState | None, message: UpstreamMessage) -> Outcome:
