@@ -8,8 +8,9 @@ id like the records that wrote it.
 - ``GET /users/{user_id}/``: the user's delivery state: ``presence`` as the table
   holds it and, flattened, ``connections`` (``[{gateway_id, connection_id,
   connected_at}]``, oldest first); inbox cursor and pending count; delivered marks.
-  Each list is read up to ``VIEW_MAX_READS`` table reads: ``"complete": false`` says
-  the count stopped there (pending: the oldest entries; marks: the newest).
+  Bounded reads: pending entries are counted up to ``VIEW_MAX_READS`` from the oldest
+  (``"complete": false`` says the count stopped there); marks are counted from the
+  user's log without a read, and only the newest ``RECENT_MARKS`` are read.
 - ``GET /users/{user_id}/delivered/{sender}/{message_id}/``: whether the dedup
   remembers that message: ``{"delivered": true, "at", "seq", "pending"}`` (pending:
   not yet acknowledged) or ``{"delivered": false}``.
@@ -40,12 +41,12 @@ from .tables.groups import groups
 from .tables.inbox import Cursor, cursor_key, entry_key, inbox
 from .tables.presence import presence
 
-#: Newest delivered marks listed in a user's view (the count covers all it read).
+#: Newest delivered marks listed in a user's view (the count covers all).
 RECENT_MARKS = 20
-#: Table reads a view makes for one list. Views run on the event loop of the worker's
-#: agents, between their events: a user's inbox may hold ``inbox_max_pending``
-#: (10,000) entries and a day of delivered marks, and a view must not hold up delivery
-#: for as long as the user has. The bound keeps a view's cost the same for every user.
+#: Inbox entries a user's view reads to count the pending ones. Views run on the event
+#: loop of the worker's agents, between their events: a user's inbox may hold
+#: ``inbox_max_pending`` (10,000) entries, and a view must not hold up delivery for as
+#: long as the user has. The bound keeps a view's cost the same for every user.
 VIEW_MAX_READS = 1000
 
 
@@ -54,7 +55,7 @@ VIEW_MAX_READS = 1000
 async def user_state(self: web.View, request: web.Request, user_id: str) -> web.Response:
     cursor = inbox.get(cursor_key(user_id))
     pending, pending_complete = ([], True) if cursor is None else pending_seqs(inbox, user_id, cursor, VIEW_MAX_READS)
-    delivered, marks_complete = newest_marks(inbox, user_id, cursor["log"] if cursor else None, VIEW_MAX_READS)
+    log = cursor["log"] if cursor else None
     gateways = presence.get(user_id) or {}
     connections = sorted(
         ({"gateway_id": gw, "connection_id": cid, "connected_at": at} for gw, conns in gateways.items()
@@ -67,7 +68,7 @@ async def user_state(self: web.View, request: web.Request, user_id: str) -> web.
         "connections": connections,
         "inbox": {"cursor": cursor and {"next": cursor["next"], "floor": cursor["floor"]}, "pending": len(pending),
                   "first_pending": pending[0] if pending else None, "complete": pending_complete},
-        "delivered": {"count": len(delivered), "recent": delivered[-RECENT_MARKS:], "complete": marks_complete},
+        "delivered": {"count": mark_count(log), "recent": newest_marks(inbox, user_id, log, RECENT_MARKS)},
     })
 
 
@@ -77,16 +78,17 @@ def pending_seqs(table: Mapping[str, Any], user_id: str, cursor: Cursor, max_rea
     return [seq for seq in range(cursor["floor"], end) if entry_key(user_id, seq) in table], end == cursor["next"]
 
 
-def newest_marks(table: MutableMapping[str, Any], user_id: str, log: Log | None,
-                 max_reads: int) -> tuple[list[str], bool]:
-    """The user's delivered marks, oldest first, from as many of the newest chunks of their log as
-    ``max_reads`` covers; and whether that was all of them."""
+def mark_count(log: Log | None) -> int:
+    """The delivered marks a user's log lists, counted without a read: a sealed chunk holds CHUNK."""
+    return 0 if log is None else (log["end"] - log["first"]) * CHUNK + len(log["recent"])
+
+
+def newest_marks(table: MutableMapping[str, Any], user_id: str, log: Log | None, count: int) -> list[str]:
+    """The newest ``count`` of the user's marks still stored, oldest first, read from the newest chunks only."""
     if log is None:
-        return [], True
-    # marks() reads each chunk, then whether each of its keys and the recent ones are still stored.
-    chunks = max(0, (max_reads - len(log["recent"])) // (CHUNK + 1))
-    first = max(log["first"], log["end"] - chunks)
-    return marks(table, user_id, {**log, "first": first}), first == log["first"]
+        return []
+    chunks = -(-max(0, count - len(log["recent"])) // CHUNK)  # rounded up
+    return marks(table, user_id, {**log, "first": max(log["first"], log["end"] - chunks)})[-count:]
 
 
 # Routed by the user, not the mark's own key: marks live on the user's partition

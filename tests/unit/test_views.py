@@ -3,9 +3,9 @@
 from collections import UserDict
 from typing import Any
 
-from gochat_streams.tables.dedup import mark_key, remember
+from gochat_streams.tables.dedup import CHUNK, mark_key, remember
 from gochat_streams.tables.inbox import entry_key
-from gochat_streams.views import VIEW_MAX_READS, newest_marks, pending_seqs
+from gochat_streams.views import RECENT_MARKS, VIEW_MAX_READS, mark_count, newest_marks, pending_seqs
 
 TTL = 10**9
 
@@ -35,19 +35,20 @@ def test_pending_entries_are_read_up_to_the_bound_from_the_oldest() -> None:
         [1, *range(3, 11)], True)
 
 
-def test_marks_are_read_from_the_newest_up_to_the_bound() -> None:
+def test_marks_are_counted_without_reads_and_only_the_newest_are_read() -> None:
     table = CountedTable()
     log = None
     keys = [mark_key("bob", "alice", f"m{i}") for i in range(5_000)]
     for seq, key in enumerate(keys):
         log = remember(table.data, "bob", log, key, seq, seq, TTL)
     table.reads = 0
-    found, complete = newest_marks(table, "bob", log, VIEW_MAX_READS)
-    assert table.reads <= VIEW_MAX_READS and not complete
-    assert len(found) > VIEW_MAX_READS // 2 and found == keys[-len(found):]
-    # Within the bound: all of them.
+    assert mark_count(log) == 5_000 and table.reads == 0
+    assert newest_marks(table, "bob", log, RECENT_MARKS) == keys[-RECENT_MARKS:]
+    assert table.reads <= 2 + RECENT_MARKS + 2 * CHUNK  # two chunks, their keys and the recent ones
+    # Fewer than asked for: all of them; none without a log.
     small = None
-    for seq, key in enumerate(keys[:40]):
+    for seq, key in enumerate(keys[:3]):
         small = remember(table.data, "amy", small, key.replace("bob", "amy"), seq, seq, TTL)
-    assert newest_marks(table, "amy", small, VIEW_MAX_READS) == ([k.replace("bob", "amy") for k in keys[:40]], True)
-    assert newest_marks(table, "amy", None, VIEW_MAX_READS) == ([], True)
+    assert (mark_count(small), newest_marks(table, "amy", small, RECENT_MARKS)) == (
+        3, [key.replace("bob", "amy") for key in keys[:3]])
+    assert (mark_count(None), newest_marks(table, "amy", None, RECENT_MARKS)) == (0, [])
