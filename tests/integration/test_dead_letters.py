@@ -193,7 +193,7 @@ async def test_records_too_big_to_dead_letter_whole_are_buried_truncated_and_sta
 
     # Each big one is listed, as an oversize letter with its size and position, truncated.
     big_positions = {(sent[i].partition, sent[i].offset): big for i, big in zip(range(1, len(records), 2), bigs)}
-    await consume_all(s, [topics.upstream_dlq(s).name], lambda rs: len(rs) >= len(bigs))
+    await consume_all(s, [topics.upstream_dlq(s).name], lambda rs: len(rs) >= len(bigs))  # all written
     listed = [json.loads(line) for line in _dead_letters_cli(cluster).splitlines()]
     assert sorted((d["source_topic"], d["partition"], d["offset"], d["reason"], d["value_size"], d["truncated"])
                   for d in listed) == sorted((topics.upstream(s).name, partition, offset, "oversize", len(big), True)
@@ -205,8 +205,9 @@ async def test_records_too_big_to_dead_letter_whole_are_buried_truncated_and_sta
         assert big_positions[letter.partition, letter.offset].startswith(base64.b64decode(letter.value_b64))
 
     # A truncated letter is not the record: it is not replayed.
-    refused = subprocess.run([sys.executable, "-m", "gochat_streams", "dead-letters", "--replay", listed[0]["position"]],
-                             env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=WAIT_S)
+    refused = subprocess.run(
+        [sys.executable, "-m", "gochat_streams", "dead-letters", "--replay", listed[0]["position"]],
+        env={**os.environ, **cluster.env}, capture_output=True, text=True, timeout=WAIT_S)
     assert refused.returncode != 0 and "truncated" in refused.stderr, refused.stderr
 
     # The agent never crashed nor restarted.
