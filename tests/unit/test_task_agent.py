@@ -66,3 +66,25 @@ async def test_invalidations_are_given_up_once_the_cached_lists_have_expired() -
         assert cache.failures == attempts  # no more attempts
     finally:
         await pending.close()
+
+
+class _HangingCache(_Cache):
+    """A Redis that takes the connection and never answers the first ``failures`` times."""
+
+    async def invalidate(self, conversation_ids: Sequence[str]) -> None:
+        if self.failures:
+            self.failures -= 1
+            await asyncio.Event().wait()
+        await super().invalidate(conversation_ids)
+
+
+async def test_an_invalidation_redis_does_not_answer_is_given_up_after_the_timeout_and_retried() -> None:
+    cache = _HangingCache(failures=2)
+    pending = PendingInvalidations(cache, ttl_s=300, timeout_s=0.05, backoff_s=0.01)  # type: ignore[arg-type]
+    try:
+        await pending.invalidate(["alice:bob"])  # returns: the batch is not held up by the cache
+        async with asyncio.timeout(10):
+            await cache.done.wait()
+        assert cache.invalidated == [["alice:bob"]]
+    finally:
+        await pending.close()
