@@ -14,6 +14,7 @@ import pytest
 
 from gochat_streams.gateway.tokens import Keyring, issue_token, verify_token
 
+from .. import browser
 from .conftest import OPERATOR_TOKEN, WAIT_S, Cluster, token
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,18 @@ async def test_a_browser_sends_its_token_as_a_subprotocol_and_no_token_reaches_a
     assert "GET /ws" in log and "GET /history" in log  # the access log is on
     for secret in (alice_token, token("bob"), url_token):
         assert secret.rsplit(".", 1)[1] not in log  # not even the signature
+
+
+async def test_the_demo_page_reads_its_token_from_the_fragment_and_sends_it_as_a_subprotocol(
+    cluster: Cluster,
+) -> None:
+    gw = cluster.start_gateway("gw1")
+    page_token = token("bob")
+    # As `make run` prints it: the fragment is never sent to the server.
+    dom = await asyncio.to_thread(browser.rendered_dom, f"{gw}/#token={page_token}", wait_ms=5000)
+    assert '<p id="who" class="meta">You are bob.</p>' in dom
+    assert '<span id="status" class="online">online</span>' in dom  # the socket opened
+    assert page_token.rsplit(".", 1)[1] not in (cluster.stack.log_dir / "gateway-gw1.log").read_text()
 
 
 async def test_a_socket_is_closed_when_its_token_expires(cluster: Cluster) -> None:
