@@ -63,7 +63,7 @@ class PendingInvalidations:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.backoff_s = max(backoff_s, 0.1)
-        #: conversation id -> when its cached list has surely expired (monotonic), oldest first.
+        #: conversation id -> when its cached list has surely expired (monotonic), soonest first.
         self._until: dict[str, float] = {}
         self._added = asyncio.Event()
         self._retrying: asyncio.Task[None] | None = None
@@ -94,8 +94,7 @@ class PendingInvalidations:
     async def _retry(self) -> None:
         failures = 0
         while True:
-            if failures:
-                await asyncio.sleep(min(self.backoff_s * 2 ** (failures - 1), _MAX_RETRY_BACKOFF_S))
+            await asyncio.sleep(min(self.backoff_s * 2 ** failures, _MAX_RETRY_BACKOFF_S))
             self._drop_expired()
             if not self._until:
                 failures = 0
@@ -119,7 +118,7 @@ class PendingInvalidations:
 
     def _drop_expired(self) -> None:
         now = time.monotonic()
-        expired = [c for c, until in self._until.items() if until <= now]
+        expired = list(itertools.takewhile(lambda c: self._until[c] <= now, self._until))  # oldest first
         for conversation_id in expired:
             del self._until[conversation_id]
         if expired:
