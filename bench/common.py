@@ -25,6 +25,7 @@ from gochat_streams.devstack import DEV_ENV, Stack, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.monitor import OffsetReader, lags
+from gochat_streams.operator import operator_headers
 from gochat_streams.settings import Settings
 
 from .profile import Profile, print_profile
@@ -58,6 +59,9 @@ class Service:
     name: str
     url: str
     proc: subprocess.Popen[bytes]
+    #: What a read of its operator endpoints (views, /metrics) sends: the token, where the
+    #: environment sets GOCHAT_OPERATOR_TOKEN (operator.py).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def memory_mb(self, which: str = "VmRSS") -> float:
         """``VmRSS`` (resident now) or ``VmHWM`` (its peak) from /proc, in MB."""
@@ -110,7 +114,7 @@ class Bench:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise TimeoutError(f"{name} not ready: see {log}")
             time.sleep(0.2)
-        return Service(name, url, proc)
+        return Service(name, url, proc, operator_headers(self.settings))
 
     def serve_clients(self, env: dict[str, str] | None = None) -> None:
         """What gateways need, for the processes started after: Redis (the history cache, which the
@@ -129,7 +133,7 @@ class Bench:
         name, port = f"gateway-{gateway_id}", free_port()
         proc = self.stack.start_gateway(name, {**self.env, "GOCHAT_GATEWAY_ID": gateway_id,
                                                "GOCHAT_DATA_DIR": str(self._data(name))}, port, timeout=WAIT_S)
-        return Service(name, f"http://127.0.0.1:{port}", proc)
+        return Service(name, f"http://127.0.0.1:{port}", proc, operator_headers(self.settings))
 
     def _data(self, name: str) -> Path:
         data = self.root / name
@@ -330,7 +334,7 @@ class Clients:
 
 async def user_state(session: aiohttp.ClientSession, worker: Service, user: str) -> dict[str, Any]:
     """A logic worker's ``/users/{id}/`` view (gochat_streams/views.py)."""
-    async with session.get(f"{worker.url}/users/{user}/") as response:
+    async with session.get(f"{worker.url}/users/{user}/", headers=worker.headers) as response:
         response.raise_for_status()
         return await response.json()
 
@@ -350,7 +354,8 @@ async def wait_online(worker: Service, users: list[str], timeout: float = WAIT_S
 
 async def scrape(service: Service) -> dict[str, float]:
     """A process's ``/metrics``: ``'name{labels}' -> value``."""
-    async with aiohttp.ClientSession() as session, session.get(f"{service.url}/metrics") as response:
+    async with aiohttp.ClientSession(headers=service.headers) as session, \
+            session.get(f"{service.url}/metrics") as response:
         text = await response.text()
     samples = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     return {name: float(value) for name, value in samples}

@@ -164,7 +164,8 @@ async def _verify(worker: Service, sample: list[str], per_user: int) -> int:
         for n, user in enumerate(sample):
             state = await user_state(session, worker, user)
             sender, message_id = _mark(n % per_user)
-            async with session.get(f"{worker.url}/users/{user}/delivered/{sender}/{message_id}/") as response:
+            async with session.get(f"{worker.url}/users/{user}/delivered/{sender}/{message_id}/",
+                                   headers=worker.headers) as response:
                 delivered = (await response.json()).get("delivered")
             ok += len(state["connections"]) == 1 and state["delivered"]["count"] == per_user and delivered is True
     return ok
