@@ -214,3 +214,22 @@ async def test_records_too_big_to_dead_letter_whole_are_buried_truncated_and_sta
     log = (cluster.stack.log_dir / "w1.log").read_text(errors="replace")
     assert log.count("[^Worker]: Ready") == 1
     assert "crash" not in log.lower() and "Restarting dead" not in log and "MessageSizeTooLargeError" not in log
+
+
+async def test_a_gateway_buries_a_record_too_big_to_copy_whole_truncated(cluster: Cluster, connect: Any) -> None:
+    gw = cluster.start_gateway("gw1")
+    bob = await connect(gw, "bob")
+    s = cluster.settings
+    downstream = topics.downstream(s, "gw1").name
+    good = {k: v for k, v in json.loads(_good(1)[1]).items() if k != "gateway_id"} | {"to_user_id": "bob"}
+    big = os.urandom(BIG_SIZES[0])
+    [sent, _] = await produce(s, downstream, [("bob", big), ("bob", json.dumps(good).encode())],
+                              max_request_size=64 * 1024 * 1024)
+
+    assert [m["message_id"] for m in await bob.messages(1)] == ["good-0001"]
+    [record] = await consume_all(s, [topics.upstream_dlq(s).name], lambda got: len(got) >= 1)
+    letter = decode_dead_letter(record.value)
+    assert (letter.service, letter.reason, letter.partition, letter.offset) == (
+        "gateway", "oversize", sent.partition, sent.offset)
+    assert (letter.value_size, letter.truncated) == (len(big), True)
+    assert big.startswith(base64.b64decode(letter.value_b64))
