@@ -241,9 +241,11 @@ class Monitor:
             try:
                 async with http.get(f"{base.rstrip('/')}/metrics", headers=operator_headers(self.s),
                                     timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    r.raise_for_status()  # a 401 (another token) is logged, not parsed
                     text = await r.text()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                log.warning("cannot scrape %s: %r", base, exc)
+                # Not repr(): a ClientResponseError's holds the request's headers, the token.
+                log.warning("cannot scrape %s: %s %s", base, type(exc).__name__, exc)
                 continue
             for family in text_string_to_metric_families(text):
                 if family.name != _LATENCY_BUCKETS:
