@@ -35,8 +35,8 @@ from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, producer_kwargs
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
-from ..operator import check_operator
 from ..monitor import publish_rule_alerts
+from ..operator import check_operator
 from ..routing import addressing_error
 from ..serving import cancel_all, serve
 from ..settings import Settings
