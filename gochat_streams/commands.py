@@ -14,7 +14,7 @@ from faust.cli import option
 from . import topics
 from .app import app, settings
 from .codecs import decode_dead_letter
-from .gateway.tokens import issue_token, keyring
+from .gateway.tokens import InsecureKeyring, issue_token, keyring
 from .kafka import client_kwargs, producer_kwargs
 from .models import DeadLetter
 
@@ -26,7 +26,11 @@ _QUIET_S = 1.0
              faust.cli.argument("user_id"))
 async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> None:
     """Print a gateway token for USER_ID, signed with the gateway's signing key (development use)."""
-    print(issue_token(user_id, keyring(settings), ttl or settings.token_ttl_s))
+    try:
+        keys = keyring(settings)
+    except InsecureKeyring as exc:
+        raise SystemExit(f"no token: {exc}") from None
+    print(issue_token(user_id, keys, ttl or settings.token_ttl_s))
 
 
 @app.command()

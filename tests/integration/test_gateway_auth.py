@@ -133,6 +133,9 @@ async def test_outside_dev_mode_the_gateway_refuses_to_start_with_a_weak_secret(
     assert started.stdout.startswith("gateway not started: token key 'default' ")
     assert ("built-in development secret" if secret is None else "use a random secret of 32+ bytes") in started.stdout
     assert secret is None or secret not in started.stdout  # the message names the key, not the secret
+    # Nor does the token command sign with it.
+    printed = await _run([sys.executable, "-m", "gochat_streams", "token", "alice"], env)
+    assert printed.returncode == 1 and printed.stdout.startswith("no token: token key 'default' ")
 
 
 async def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
