@@ -187,16 +187,17 @@ class Connection:
                 except ConnectionError:  # the client went away; its handler ends the socket
                     return
             elif self.closing is not None:
-                await self._close(self.closing)
+                await self.close_socket(_CLOSE_CODES[self.closing], self.closing)
                 return
             else:
                 self._wake.clear()
 
-    async def _close(self, reason: CloseReason) -> None:
+    async def close_socket(self, code: WSCloseCode, message: str) -> None:
+        """Close the WebSocket now (the writer does it for :meth:`close`; the gateway at shutdown)."""
         # A client that does not read never answers the closing handshake: cut it short.
         with contextlib.suppress(TimeoutError, ConnectionError):
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await self.ws.close(code=_CLOSE_CODES[reason], message=reason.encode(), drain=False)
+                await self.ws.close(code=code, message=message.encode(), drain=False)
         if self._stalled and self.transport is not None:
             self.transport.abort()  # what it did not read is dropped, not held for it
 

@@ -225,11 +225,23 @@ def _traced(record: ConsumerRecord, message_id: str, kind: str, user_id: str, **
 
 
 async def _bounce(app: web.Application, user_id: str, message_id: str, seq: int, checked_at: int) -> None:
-    """The logic service routed a message here for a user this gateway does not hold."""
+    """The logic service routed a message here for a user this gateway does not hold.
+
+    Not waited for: a user who just went (a socket closed for not reading, say) bounces every
+    message already routed here, and a broker round trip for each would hold up every other
+    user's delivery. Its order with this gateway's presence changes is the producer's, per
+    partition; if it is lost, the message is still in the inbox and the disconnect follows.
+    """
     s = app[SETTINGS]
     bounce = Bounce(user_id=user_id, gateway_id=s.gateway_id, message_id=message_id, seq=seq, timestamp=checked_at)
     log.info("no socket of %s here for %s: bounced", user_id, message_id)
-    await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(bounce))
+    sent = await app[PRODUCER].send(topics.user(s).name, key=user_id.encode(), value=encode(bounce))
+    sent.add_done_callback(_bounce_sent)
+
+
+def _bounce_sent(sent: asyncio.Future) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("bounce not produced: %r", sent.exception())
 
 
 def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
@@ -246,12 +258,8 @@ def _push_refusal(hub: Hub, user_id: str, raw: bytes) -> None:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    async def close(conn: Connection) -> None:
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(1.0):  # a client that does not read does not hold up the shutdown
-                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-
-    await asyncio.gather(*(close(conn) for conn in app[HUB].all_connections()))
+    await asyncio.gather(*(conn.close_socket(WSCloseCode.GOING_AWAY, "gateway shutting down")
+                           for conn in app[HUB].all_connections()))
 
 
 async def _publish_presence(app: web.Application, user_id: str, connection_id: str, online: bool) -> None:
