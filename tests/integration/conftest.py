@@ -8,11 +8,9 @@ Every test gets its own namespace, so topics and consumer groups are fresh.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import signal
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -254,19 +252,17 @@ async def connect() -> AsyncIterator[Any]:
     await session.close()
 
 
-def outside_address() -> str | None:
-    """An address of this machine beyond loopback, to reach a listener as another host would."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: it picks the outgoing interface
-        except OSError:
-            return None
-        address = probe.getsockname()[0]
-    return None if ipaddress.ip_address(address).is_loopback else address
-
-
 def token(user_id: str, ttl_s: int = 3600) -> str:
     return issue_token(user_id, Keyring.single(SECRET), ttl_s)
+
+
+async def history(base_url: str, user_id: str, conversation_id: str) -> tuple[int, Any]:
+    """``GET /history`` as ``user_id``: the status, and the JSON body (the text unless 200)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url}/history", params={"conversation_id": conversation_id},
+                               headers={"Authorization": f"Bearer {token(user_id)}"}) as response:
+            body = await response.json() if response.status == 200 else await response.text()
+            return response.status, body
 
 
 async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]], *,

@@ -9,27 +9,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 
-from .conftest import WAIT_S, Client, Cluster, token
+from .conftest import WAIT_S, Client, Cluster, history
 
 pytestmark = pytest.mark.integration
-
-
-async def _history(base_url: str, user_id: str, conversation_id: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{base_url}/history", params={"conversation_id": conversation_id},
-                               headers={"Authorization": f"Bearer {token(user_id)}"}) as response:
-            body = await response.json() if response.status == 200 else await response.text()
-            return response.status, body
 
 
 async def _stored(base_url: str, user_id: str, conversation_id: str, last_id: str) -> list[str]:
     """The message ids of ``user_id``'s history once ``last_id`` is in it."""
     async with asyncio.timeout(WAIT_S):
         while True:
-            status, body = await _history(base_url, user_id, conversation_id)
+            status, body = await history(base_url, user_id, conversation_id)
             ids = [m["message_id"] for m in body["messages"]] if status == 200 else []
             if last_id in ids:
                 return ids
@@ -63,11 +54,11 @@ async def test_naming_another_pairs_chat_reads_and_writes_nothing_of_it(cluster:
 
     assert await _stored(gw, "alice", "alice:bob", "ab-2") == ["ab-1", "ab-2"]
     assert await _stored(gw, "bob", "alice:bob", "ab-2") == ["ab-1", "ab-2"]
-    assert (await _history(gw, "mallory", "alice:bob"))[0] == 403
-    assert (await _history(gw, "mallory", "bob:alice"))[0] == 403
+    assert (await history(gw, "mallory", "alice:bob"))[0] == 403
+    assert (await history(gw, "mallory", "bob:alice"))[0] == 403
     assert await _stored(gw, "bob", "bob:mallory", "evil") == ["evil"]
     assert await _stored(gw, "mallory", "bob:mallory", "evil") == ["evil"]
-    assert (await _history(gw, "alice", "bob:mallory"))[0] == 403
+    assert (await history(gw, "alice", "bob:mallory"))[0] == 403
 
     # Nor can a group take the pair's id.
     await mallory.group_action("fake", "alice:bob", "create", member_ids=["alice", "bob"])
@@ -106,7 +97,7 @@ async def test_a_direct_message_naming_a_group_makes_no_reader_or_writer_of_it(
     assert [m["message_id"] for m in await alice.messages(1)] == ["hello-g5"]
     assert await _stored(gw, "alice", "g5", "hello-g5") == ["create-g5", "hello-g5"]
     assert await _stored(gw, "alice", "alice:mallory", "dm-g5") == ["dm-g5"]
-    assert (await _history(gw, "mallory", "g5"))[0] == 403
+    assert (await history(gw, "mallory", "g5"))[0] == 403
 
 
 async def test_members_read_from_their_joining_and_a_kicked_member_reads_nothing(
@@ -137,7 +128,7 @@ async def test_members_read_from_their_joining_and_a_kicked_member_reads_nothing
 
     await group_step(john, "kick-alice", to=[alice, bob], action="kick", invitee_id="alice")
     await _stored(gw, "john", "g6", "kick-alice")
-    assert (await _history(gw, "alice", "g6"))[0] == 403
+    assert (await history(gw, "alice", "g6"))[0] == 403
     await group_step(john, "while-out", to=[bob])
 
     # Rejoining starts again from the rejoining.

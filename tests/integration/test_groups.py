@@ -7,12 +7,11 @@ import json
 from collections import Counter
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gochat_streams import topics
 
-from .conftest import WAIT_S, Client, Cluster, consume_all, token
+from .conftest import WAIT_S, Client, Cluster, consume_all, history
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +23,6 @@ async def _until(check: Any, what: str, timeout: float = WAIT_S) -> Any:
             await asyncio.sleep(0.2)
     assert result, what
     return result
-
-
-async def _history(base_url: str, user_id: str, conversation_id: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{base_url}/history", params={"conversation_id": conversation_id},
-                               headers={"Authorization": f"Bearer {token(user_id)}"}) as response:
-            body = await response.json() if response.status == 200 else await response.text()
-            return response.status, body
 
 
 async def test_small_group_reaches_members_once_sender_devices_and_the_offline_member(
@@ -72,13 +63,13 @@ async def test_small_group_reaches_members_once_sender_devices_and_the_offline_m
     # History: members read it, from the task service's store; others may not.
     async with asyncio.timeout(WAIT_S):
         while True:
-            status, body = await _history(gw1, "alice", "g4")
+            status, body = await history(gw1, "alice", "g4")
             if status == 200 and len(body["messages"]) == 3:
                 break
             await asyncio.sleep(0.2)
     assert [(m["message_id"], m["content"]) for m in body["messages"]] == [
         ("create-g4", "john 创建了群组"), ("hello-g4", "hello, group"), ("again-g4", "hello")]
-    assert (await _history(gw2, "eve", "g4"))[0] == 403
+    assert (await history(gw2, "eve", "g4"))[0] == 403
 
 
 async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, connect: Any) -> None:

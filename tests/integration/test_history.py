@@ -5,28 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gochat_streams.devstack import Stack, free_port
 
-from .conftest import WAIT_S, Cluster, token
+from .conftest import WAIT_S, Cluster, history
 
 pytestmark = pytest.mark.integration
-
-
-async def _history(base_url: str, user_id: str, conversation_id: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{base_url}/history", params={"conversation_id": conversation_id},
-                               headers={"Authorization": f"Bearer {token(user_id)}"}) as response:
-            body = await response.json() if response.status == 200 else await response.text()
-            return response.status, body
 
 
 async def _ids_once_stored(base_url: str, last_id: str) -> list[str]:
     async with asyncio.timeout(WAIT_S):
         while True:
-            status, body = await _history(base_url, "bob", "alice:bob")
+            status, body = await history(base_url, "bob", "alice:bob")
             assert status == 200, body
             ids = [m["message_id"] for m in body["messages"]]
             if last_id in ids:
@@ -51,7 +42,7 @@ async def test_history_reads_the_store_when_redis_is_down(cluster: Cluster, conn
         await alice.send("after", "bob")
         assert [m["message_id"] for m in await bob.messages(1, ack=True)] == ["after"]
         assert await _ids_once_stored(gw, "after") == ["before", "after"]
-        assert (await _history(gw, "mallory", "alice:bob"))[0] == 403
+        assert (await history(gw, "mallory", "alice:bob"))[0] == 403
         cluster.wait_for_log("gateway-gw1", "history cache unavailable")
     finally:
         redis.stop()
