@@ -85,6 +85,8 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,
+        # As every other producer's (kafka.py): dead letters are sized to fit it.
+        producer_max_request_size=settings.producer_max_request_bytes,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,

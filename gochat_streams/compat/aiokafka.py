@@ -22,9 +22,7 @@ Its produce requests carry every batch waiting for the broker, not only those wh
 linger is over (:class:`NodeDrainingAccumulator`): the gateway's producer does too.
 
 Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
-``GOCHAT_FETCH_MAX_WAIT_MS``, which the dev broker needs short (compat/tansu.py). Its
-producer's largest request is ``GOCHAT_PRODUCER_MAX_REQUEST_BYTES``, as every other
-producer's (kafka.py): dead letters are sized to it.
+``GOCHAT_FETCH_MAX_WAIT_MS``, which the dev broker needs short (compat/tansu.py).
 """
 
 from __future__ import annotations
@@ -87,8 +85,7 @@ class Producer(faust_aiokafka.Producer):
     unsent: BaseException | None = None
 
     def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "enable_idempotence": self.idempotent,
-                "max_request_size": self.app.gochat_settings.producer_max_request_bytes}
+        return {**super()._settings_extra(), "enable_idempotence": self.idempotent}
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         return drain_whole_nodes(super()._new_producer(transactional_id))
