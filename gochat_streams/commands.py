@@ -30,7 +30,10 @@ async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> No
         keys = keyring(settings)
     except InsecureKeyring as exc:
         raise SystemExit(f"no token: {exc}") from None
-    print(issue_token(user_id, keys, ttl or settings.token_ttl_s))
+    try:
+        print(issue_token(user_id, keys, ttl or settings.token_ttl_s))
+    except ValueError:
+        raise SystemExit(f"no token: {user_id!r} is not a user id (letters, digits and ._@- only)") from None
 
 
 @app.command()

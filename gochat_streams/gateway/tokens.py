@@ -15,6 +15,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import TypeAdapter, ValidationError
+
+from ..models.common import UserId
 from ..settings import DEV_AUTH_SECRET, Settings
 
 #: A shorter secret can be found by brute force from one token.
@@ -22,6 +25,10 @@ MIN_SECRET_BYTES = 32
 #: The key id of ``GOCHAT_AUTH_SECRET`` (a keyring of one): list that secret under this
 #: id in ``GOCHAT_AUTH_KEYS`` and the tokens it signed stay valid.
 DEFAULT_KEY_ID = "default"
+
+#: A token names a user id as the models take it: one with ":" would be ambiguous in a
+#: single chat's id, and would fail every message it sent.
+_USER_ID: TypeAdapter[str] = TypeAdapter(UserId)
 
 
 class InvalidToken(ValueError):
@@ -90,6 +97,8 @@ def _signature(secret: bytes, signed: str) -> str:
 
 
 def issue_token(user_id: str, keys: Keyring, ttl_s: int, *, now: float | None = None) -> str:
+    """A token for ``user_id``; ValueError if it is not a user id."""
+    _USER_ID.validate_python(user_id)
     expiry = int((time.time() if now is None else now) + ttl_s)
     signed = f"{keys.signing_key_id}.{_b64(user_id.encode())}.{expiry}"
     return f"{signed}.{_signature(keys.keys[keys.signing_key_id], signed)}"
@@ -111,4 +120,8 @@ def verify_token(token: str, keys: Keyring, *, now: float | None = None) -> Clai
         raise InvalidToken("bad signature")
     if expiry < (time.time() if now is None else now):
         raise InvalidToken("token expired")
+    try:
+        _USER_ID.validate_python(user_id)
+    except ValidationError:
+        raise InvalidToken("not a user id") from None
     return Claims(user_id, expiry)

@@ -1,8 +1,10 @@
+import time
+
 import pytest
 
 from gochat_streams.gateway.server import create_app
 from gochat_streams.gateway.tokens import (
-    Claims, InsecureKeyring, InvalidToken, Keyring, issue_token, keyring, verify_token,
+    Claims, InsecureKeyring, InvalidToken, Keyring, _b64, _signature, issue_token, keyring, verify_token,
 )
 from gochat_streams.settings import DEV_AUTH_SECRET, Settings
 
@@ -94,3 +96,14 @@ def test_keys_are_read_from_the_environment_as_json(monkeypatch: pytest.MonkeyPa
     keys = keyring(Settings(dev_mode=False))
     assert keys.signing_key_id == "2026-12" and set(keys.keys) == {"2026-12", "2026-06"}
     assert "old" not in repr(Settings().auth_keys)  # SecretStr: never printed
+
+
+@pytest.mark.parametrize("user_id", ["alice:bob", "", "a b", "x" * 129])
+def test_a_token_names_a_user_id_or_is_neither_issued_nor_accepted(user_id: str) -> None:
+    # "alice:bob" is a single chat's id: a user of that name would be ambiguous in it.
+    with pytest.raises(ValueError):
+        issue_token(user_id, KEYS, 60)
+    signed = f"{KEYS.signing_key_id}.{_b64(user_id.encode())}.{int(time.time()) + 60}"
+    forged_by_a_key_holder = f"{signed}.{_signature(KEYS.keys[KEYS.signing_key_id], signed)}"
+    with pytest.raises(InvalidToken, match="not a user id"):
+        verify_token(forged_by_a_key_holder, KEYS)
