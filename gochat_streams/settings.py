@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     alert_replicas: int = Field(3, ge=1)
     alert_retention_ms: int = 7 * DAY_MS
     compression: Literal["lz4", "gzip", "snappy", "zstd", "none"] = "lz4"
+    #: The copies an acks=all write waits for, on every topic and changelog of ours; a topic
+    #: takes at most one fewer than its replicas, so that it stays writable with a broker
+    #: down (topics.py: min_insync_replicas).
+    min_insync_replicas: int = Field(2, ge=1)
 
     # Consumer-group timing: the spec's 30 s session / 10 s heartbeat. The dev
     # broker joins a group in about half a session timeout, so the dev stack lowers them.

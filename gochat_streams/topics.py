@@ -15,6 +15,10 @@ im-task-dlq                    source key        DeadLetter                3    
 im-alert-topic                 reason            Alert                     1    3  7 d       (alerting)
 ============================== ================= ======================= ==== ==== ========= =================
 
+Every topic is lz4 and has a ``min.insync.replicas`` of its own (:func:`min_insync_replicas`):
+2 for the topics of 3 replicas, 1 for the downstream topics' 2. The tables' changelogs,
+which Faust creates, take it too (:func:`changelog_config`, tables/).
+
 The logic service dead-letters to ``im-upstream-dlq`` whatever it cannot handle from
 any of its topics; the task service to ``im-task-dlq``. Each dead letter also raises an
 alert event.
@@ -73,50 +77,72 @@ class TopicSpec:
     replicas: int
     retention_ms: int
     compression: str
+    min_insync_replicas: int
 
     @property
     def config(self) -> dict[str, str]:
-        return {"retention.ms": str(self.retention_ms), "compression.type": self.compression}
+        return {"retention.ms": str(self.retention_ms), "compression.type": self.compression,
+                "min.insync.replicas": str(self.min_insync_replicas)}
+
+
+def min_insync_replicas(s: Settings, replicas: int) -> int:
+    """The copies an acks=all write waits for: the setting, but fewer than ``replicas``.
+
+    One fewer at most, so that a topic stays writable with one of its brokers down: the
+    spec's 3 replicas take 2, the downstream topics' 2 take 1 (each is one gateway's, and
+    that gateway's consumer reads what was pushed anyway).
+    """
+    return max(1, min(s.min_insync_replicas, replicas - 1))
+
+
+def changelog_config(s: Settings, replicas: int) -> dict[str, str]:
+    """What a table's changelog, which Faust creates with ``replicas``, takes beyond Faust's own config."""
+    return {"compression.type": s.compression, "min.insync.replicas": str(min_insync_replicas(s, replicas))}
+
+
+def _spec(s: Settings, name: str, key: str, value: str, partitions: int, replicas: int,
+          retention_ms: int) -> TopicSpec:
+    return TopicSpec(name, key, value, partitions, replicas, retention_ms, s.compression,
+                     min_insync_replicas(s, replicas))
 
 
 def upstream(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + UPSTREAM, "from_user_id", "UpstreamMessage", s.upstream_partitions,
-                     s.upstream_replicas, s.upstream_retention_ms, s.compression)
+    return _spec(s, s.namespace + UPSTREAM, "from_user_id", "UpstreamMessage", s.upstream_partitions,
+                 s.upstream_replicas, s.upstream_retention_ms)
 
 
 def group(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + GROUP, "group_id", "UpstreamMessage", s.group_partitions,
-                     s.group_replicas, s.group_retention_ms, s.compression)
+    return _spec(s, s.namespace + GROUP, "group_id", "UpstreamMessage", s.group_partitions, s.group_replicas,
+                 s.group_retention_ms)
 
 
 def user(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + USER, "user_id", "UserEvent", s.user_partitions,
-                     s.user_replicas, s.user_retention_ms, s.compression)
+    return _spec(s, s.namespace + USER, "user_id", "UserEvent", s.user_partitions, s.user_replicas,
+                 s.user_retention_ms)
 
 
 def downstream(s: Settings, gateway_id: str) -> TopicSpec:
-    return TopicSpec(downstream_name(s, gateway_id), "to_user_id", "DownstreamMessage",
-                     s.downstream_partitions, s.downstream_replicas, s.downstream_retention_ms, s.compression)
+    return _spec(s, downstream_name(s, gateway_id), "to_user_id", "DownstreamMessage", s.downstream_partitions,
+                 s.downstream_replicas, s.downstream_retention_ms)
 
 
 def task(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + TASK, "task_type", "Task", s.task_partitions, s.task_replicas,
-                     s.task_retention_ms, s.compression)
+    return _spec(s, s.namespace + TASK, "task_type", "Task", s.task_partitions, s.task_replicas,
+                 s.task_retention_ms)
 
 
 def upstream_dlq(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + UPSTREAM_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
-                     s.dlq_retention_ms, s.compression)
+    return _spec(s, s.namespace + UPSTREAM_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
+                 s.dlq_retention_ms)
 
 
 def task_dlq(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + TASK_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
-                     s.dlq_retention_ms, s.compression)
+    return _spec(s, s.namespace + TASK_DLQ, "source key", "DeadLetter", s.dlq_partitions, s.dlq_replicas,
+                 s.dlq_retention_ms)
 
 
 def alert(s: Settings) -> TopicSpec:
-    return TopicSpec(s.namespace + ALERT, "reason", "Alert", 1, s.alert_replicas, s.alert_retention_ms,
-                     s.compression)
+    return _spec(s, s.namespace + ALERT, "reason", "Alert", 1, s.alert_replicas, s.alert_retention_ms)
 
 
 def downstream_name(s: Settings, gateway_id: str) -> str:

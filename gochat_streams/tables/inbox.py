@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TypedDict
 
 from ..app import app, settings
-from ..topics import user
+from ..topics import changelog_config, user
 from .dedup import Log
 
 
@@ -41,6 +41,7 @@ inbox = app.Table(
     default=None,
     key_type=bytes,  # raw: Faust's router (/table/ views) hashes it like the records' keys
     partitions=user(settings).partitions,
+    extra_topic_configs=changelog_config(settings, app.conf.topic_replication_factor),
     help="user -> {next, floor}; user/seq -> pending message; user/sender/message_id -> delivered mark",
 )
 

@@ -8,7 +8,7 @@ from ``im-user-topic``, so it has that topic's partitioning: read it only there.
 from __future__ import annotations
 
 from ..app import app, settings
-from ..topics import user
+from ..topics import changelog_config, user
 
 Connections = dict[str, dict[str, int]]
 
@@ -17,6 +17,7 @@ presence = app.Table(
     default=None,
     key_type=bytes,  # raw: Faust's router (/table/ views) hashes it like the records' keys
     partitions=user(settings).partitions,
+    extra_topic_configs=changelog_config(settings, app.conf.topic_replication_factor),
     help="user_id -> {gateway_id: {connection_id: connected_at_ms}} for every connected user",
 )
 
