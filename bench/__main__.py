@@ -1,7 +1,9 @@
 """``python -m bench SCENARIO [--smoke] [options]``: run a scenario on a broker of its own; a table and a JSON file.
 
 ``--smoke`` runs it tiny, to check that it completes and loses nothing (CI does), not how fast.
-``--broker kafka://host:9092`` measures against your own cluster instead of Tansu.
+Each run starts a broker of its own on loopback: one Kafka node (``GOCHAT_DEV_BROKER=tansu``: Tansu),
+or with ``--kafka-nodes 3`` a 3-node Kafka cluster whose topics take the spec's replicas;
+``--broker kafka://host:9092`` measures against your own cluster instead.
 ``--profile`` samples the servers with py-spy while the clock runs (bench/profile.py).
 ``python -m bench SCENARIO -h`` says what a scenario measures (its module's docstring) and its
 options. The exit code is 1 if anything was lost.
@@ -15,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from gochat_streams.devstack import kafka_version
 
 from . import e2e, group, logic, memory, raw
 from .common import Bench, Result, lost, new_bench, report
@@ -77,12 +81,12 @@ async def run(bench: Bench, args: argparse.Namespace) -> Result:
 
 async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="gochat-bench-") as tmp:
-        bench = new_bench(Path(tmp), args.broker, args.profile)
+        bench = new_bench(Path(tmp), args.broker, args.profile, args.kafka_nodes)
         try:
             result = await run(bench, args)
         finally:
             bench.stack.stop()
-    report(args.scenario, result.rows, {"smoke": args.smoke, "broker": args.broker or "tansu (loopback)",
+    report(args.scenario, result.rows, {"smoke": args.smoke, "broker": args.broker or _own_broker(bench, args),
                                          **result.extra, "profiles": bench.profiles}, result.summary)
     return 1 if any(lost(row) for row in result.rows) else 0
 
@@ -90,7 +94,9 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--smoke", action="store_true", help="tiny run: completes, loses nothing")
-    shared.add_argument("--broker", help="a broker URL instead of a Tansu of its own")
+    shared.add_argument("--broker", help="a broker URL instead of a broker of its own")
+    shared.add_argument("--kafka-nodes", type=int, choices=(1, 3), default=1,
+                        help="nodes of its own Kafka cluster (3: the spec's replicas)")
     shared.add_argument("--profile", action="store_true",
                         help="sample the servers with py-spy while the clock runs (logic, e2e)")
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
@@ -105,6 +111,13 @@ def main() -> None:
             sub.add_argument(f"--{option.replace('_', '-')}", type=kind, dest=option,
                              help=f"{text} (default {_shown(full)}; --smoke {_shown(smoke)})")
     sys.exit(asyncio.run(main_async(parser.parse_args())))
+
+
+def _own_broker(bench: Bench, args: argparse.Namespace) -> str:
+    """What the run's own broker was, for its report."""
+    if bench.env["GOCHAT_BROKER_URL"].startswith("tansu://"):
+        return "tansu (loopback)"
+    return f"kafka {kafka_version()} (loopback, {args.kafka_nodes} node{'s' if args.kafka_nodes > 1 else ''})"
 
 
 def _shown(value: Any) -> str:

@@ -21,7 +21,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from gochat_streams import topics
-from gochat_streams.devstack import DEV_ENV, Stack, free_port
+from gochat_streams.devstack import DEV_ENV, Stack, broker_env, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs
 from gochat_streams.monitor import OffsetReader, lags
@@ -165,14 +165,21 @@ def _ready(url: str) -> bool:
         return False
 
 
-def new_bench(root: Path, broker: str | None, profile: bool = False) -> Bench:
+def new_bench(root: Path, broker: str | None, profile: bool = False, kafka_nodes: int = 1) -> Bench:
+    """A bench on ``broker``, or on a dev broker of its own: one node (GOCHAT_DEV_BROKER, as
+    the dev stack), or a Kafka cluster of ``kafka_nodes`` whose topics take the spec's replicas."""
     stack = Stack(root / "logs")
+    if broker is None:
+        broker = stack.start_broker() if kafka_nodes == 1 else stack.start_kafka(kafka_nodes).url
+    dev = {**DEV_ENV, **broker_env(broker)}
+    if kafka_nodes > 1:
+        dev = {name: value for name, value in dev.items() if not name.endswith("_REPLICAS")}
     env = {
-        **DEV_ENV,
+        **dev,
         # Every process inherits the environment's GOCHAT_* settings (Stack.spawn); here they
         # override the dev stack's too, as in GOCHAT_FETCH_MAX_WAIT_MS=50 python -m bench e2e.
-        **{name: os.environ[name] for name in DEV_ENV if name in os.environ},
-        "GOCHAT_BROKER_URL": broker or stack.start_broker(free_port()),
+        **{name: os.environ[name] for name in dev if name in os.environ},
+        "GOCHAT_BROKER_URL": broker,
         "GOCHAT_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}.",
         "GOCHAT_TABLE_STORE": "rocksdb://",
     }
