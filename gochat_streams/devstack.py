@@ -531,8 +531,8 @@ def main() -> None:
                 "GOCHAT_REDIS_URL": stack.start_redis(args.redis_port),
                 "GOCHAT_DATA_DIR": str(data.resolve()),
             }
-            kept = f"Kafka {kafka_version()}, data in {broker_data}" if stack.kafka else "Tansu, data in memory"
-            print(f"broker  {broker} ({kept})\nredis   {env['GOCHAT_REDIS_URL']}", flush=True)
+            what = f"Kafka {kafka_version()}, data in {broker_data}" if stack.kafka else "Tansu, data in memory"
+            print(f"broker  {broker} ({what})\nredis   {env['GOCHAT_REDIS_URL']}", flush=True)
             stack.start_worker("worker", env, args.worker_web_port)
             print(f"worker  http://127.0.0.1:{args.worker_web_port}/", flush=True)
             stack.start_worker("task-worker", env, args.task_worker_web_port, app="gochat_streams.app:task_app")
@@ -554,10 +554,12 @@ def main() -> None:
             print(f"stopped: {', '.join(dead)} exited (see its log)", file=sys.stderr)
             sys.exit(1)
         except KeyboardInterrupt:
-            # A second Ctrl-C must not cut the stop short and leave processes running.
+            print("\nstopping…", flush=True)
+        finally:
+            # Whatever ends the run, a Ctrl-C (or a second one) must not cut the stop that
+            # follows short and leave processes running.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            print("\nstopping…", flush=True)
 
 
 if __name__ == "__main__":
