@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import faust
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
 from .settings import Settings
@@ -55,6 +58,30 @@ def producer_kwargs(s: Settings) -> dict[str, Any]:
 def consumer_kwargs(s: Settings) -> dict[str, Any]:
     """What a consumer on the message path takes: :func:`client_kwargs` and the fetch wait."""
     return {**client_kwargs(s), "fetch_max_wait_ms": s.fetch_max_wait_ms}
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient) -> dict[str, list[int]]:
+    """Each topic's partition numbers, as the broker's metadata has them now.
+
+    Asks for every topic: naming one that does not exist would create it on a broker with
+    ``auto.create.topics.enable``. Not a consumer's ``partitions_for_topic``: a consumer
+    that assigns partitions itself tracks no topic, and ``topics()`` does not fill its
+    client's metadata, so on Kafka it knows no partition at all (Tansu, which answered
+    the client's first metadata request with every topic, hid that).
+    """
+    return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+            for t in await admin.describe_topics() if t["error_code"] == 0}
+
+
+async def partitions_of(s: Settings, names: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of the topics ``names``; none of a topic that does not exist."""
+    admin = AIOKafkaAdminClient(**client_kwargs(s))
+    await admin.start()
+    try:
+        found = await topic_partitions(admin)
+    finally:
+        await admin.close()
+    return [TopicPartition(name, p) for name in names for p in found.get(name, ())]
 
 
 def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:

@@ -1,7 +1,8 @@
 """A real broker and Redis for the session; workers and gateways as subprocesses per test.
 
 ``GOCHAT_TEST_BROKER=kafka://host:9092`` (and ``GOCHAT_TEST_REDIS=redis://...``) run the
-suite against servers of your own; otherwise Tansu and redis-server start on loopback.
+suite against servers of your own; otherwise a one-node Kafka (devstack.Stack.start_broker;
+``GOCHAT_DEV_BROKER=tansu``: Tansu) and redis-server start on loopback.
 Every test gets its own namespace, so topics and consumer groups are fresh.
 """
 
@@ -19,12 +20,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from gochat_streams.devstack import DEV_ENV, Stack, free_port
+from gochat_streams.devstack import DEV_ENV, KafkaCluster, Stack, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
-from gochat_streams.kafka import client_kwargs
+from gochat_streams.kafka import client_kwargs, partitions_of
 from gochat_streams.settings import Settings
 
 #: The gateways' GOCHAT_AUTH_SECRET: short, which their dev mode (DEV_ENV) allows.
@@ -189,6 +190,26 @@ def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
             print(c.logs())
 
 
+@pytest.fixture(scope="module")
+def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """A 3-node KRaft cluster for a test module (about 1 GB and 10 s to start); tests that take
+    nodes down bring them back."""
+    stack = Stack(tmp_path_factory.mktemp("kafka3"))
+    try:
+        yield stack.start_kafka(3)
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def cluster3(cluster: Cluster, kafka3: KafkaCluster) -> Cluster:
+    """The test's processes on the module's 3-node Kafka, with the spec's replicas (not the dev stack's 1)."""
+    for name in [name for name in cluster.env if name.endswith("_REPLICAS")]:
+        del cluster.env[name]
+    cluster.env["GOCHAT_BROKER_URL"] = kafka3.url
+    return cluster
+
+
 class Client:
     """One user's WebSocket, with the frames it has received."""
 
@@ -284,13 +305,12 @@ async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes
 
 async def consume_all(settings: Settings, topics: list[str], until: Any, timeout: float = WAIT_S) -> list[Any]:
     """Read ``topics`` from the start until ``until(records)`` is true; then return what was read."""
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    tps = await partitions_of(settings, topics)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()  # fills the metadata partitions_for_topic reads
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         records: list[Any] = []
         async with asyncio.timeout(timeout):
             while not until(records):
