@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,7 +44,7 @@ from . import topics
 from .alerting import INPUT_RECORDS, CONSUMER_LAG, ERRORS, UPSTREAM_RECORDS, AlertChange, Alerting, Observations
 from .codecs import DecodeError, decode_alert, encode
 from .compat.tansu import fetched_highwaters
-from .kafka import client_kwargs, producer_kwargs
+from .kafka import client_kwargs, producer_kwargs, topic_partitions
 from .metrics import consumer_lag, topic_records
 from .models import RuleAlert
 from .models.deadletters import Service
@@ -90,26 +91,41 @@ class WatchedGroup:
 
 
 class OffsetReader:
-    """Reads offsets of the namespace's topics and groups (Tansu: high watermarks from a Fetch).
+    """Reads offsets of the namespace's topics and groups, as any Kafka tool does.
 
-    Committed offsets come from a consumer per group that never subscribes, so never
-    joins the group: Tansu does not answer the admin client's OffsetFetch.
+    Committed offsets by the admin client's OffsetFetch, high watermarks by ListOffsets.
+    Tansu (``tansu://``) answers neither right: there, high watermarks come from a Fetch
+    (compat/tansu.py) and committed offsets from a consumer per group that never
+    subscribes, so never joins the group.
     """
 
     def __init__(self, s: Settings) -> None:
         self.s = s
+        self.admin = AIOKafkaAdminClient(**client_kwargs(s))
         self.consumer = AIOKafkaConsumer(**client_kwargs(s), group_id=None, enable_auto_commit=False)
+        #: Tansu only: a consumer of each group, for its committed offsets.
         self.group_readers: dict[str, AIOKafkaConsumer] = {}
 
     async def start(self) -> None:
+        await self.admin.start()
         await self.consumer.start()
 
     async def stop(self) -> None:
         for reader in self.group_readers.values():
             await reader.stop()
         await self.consumer.stop()
+        await self.admin.close()
 
     async def committed(self, group_id: str, tps: list[TopicPartition]) -> dict[TP, int]:
+        if not tps:
+            return {}
+        if self.s.broker_scheme == "tansu":
+            return await self._committed_on_tansu(group_id, tps)
+        found = await self.admin.list_consumer_group_offsets(group_id, partitions=tps)
+        # -1: the group has committed nothing there.
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+    async def _committed_on_tansu(self, group_id: str, tps: list[TopicPartition]) -> dict[TP, int]:
         reader = self.group_readers.get(group_id)
         if reader is None:
             reader = AIOKafkaConsumer(**client_kwargs(self.s), group_id=group_id, enable_auto_commit=False)
@@ -133,9 +149,10 @@ class OffsetReader:
         return watched
 
     async def read(self) -> tuple[Offsets, list[WatchedGroup]]:
-        names = [n for n in await self.consumer.topics() if n.startswith(self.s.namespace)]
+        partitions = await topic_partitions(self.admin)
+        names = [n for n in partitions if n.startswith(self.s.namespace)]
         watched = {*(spec.name for spec in topics.core(self.s)), *(n for n in names if "im-downstream-topic-" in n)}
-        tps = [TopicPartition(n, p) for n in names if n in watched for p in self.consumer.partitions_for_topic(n) or ()]
+        tps = [TopicPartition(n, p) for n in names if n in watched for p in partitions[n]]
         groups = self.groups(names)
         highwaters = await self._highwaters(tps)
         committed = {}
