@@ -8,19 +8,15 @@ import json
 
 import click
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.cli import option
 
 from . import topics
 from .app import app, settings
 from .codecs import decode_dead_letter
 from .gateway.tokens import InsecureKeyring, issue_token, keyring
-from .kafka import client_kwargs, producer_kwargs
+from .kafka import client_kwargs, partitions_of, producer_kwargs
 from .models import DeadLetter
-
-#: A dead-letter topic is read until it has been quiet this long.
-_QUIET_S = 1.0
-
 
 @app.command(option("--ttl", type=int, default=None, help="Seconds until the token expires."),
              faust.cli.argument("user_id"))
@@ -59,21 +55,25 @@ async def monitor(self: faust.cli.AppCommand) -> None:
 
 
 async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLetter]]:
-    """Every dead letter on ``spec``'s topic, as ``("partition:offset", letter)``."""
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    """Every dead letter on ``spec``'s topic when the command started, as ``("partition:offset", letter)``."""
+    tps = await partitions_of(settings, [spec.name])
+    if not tps:
+        return []
+    # From the start: an offset reset, since a seek_to_beginning before the end_offsets
+    # below can lose a race with the default reset to the end.
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [TopicPartition(spec.name, p) for p in sorted(consumer.partitions_for_topic(spec.name) or ())]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
         letters: list[tuple[str, DeadLetter]] = []
-        while batches := await consumer.getmany(timeout_ms=int(_QUIET_S * 1000)):
-            for records in batches.values():
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
                 for r in records:
                     letter = decode_dead_letter(r.value, max_bytes=settings.producer_max_request_bytes)
                     letters.append((f"{r.partition}:{r.offset}", letter))
-        return letters
+        return sorted(letters, key=lambda item: tuple(map(int, item[0].split(":"))))
     finally:
         await consumer.stop()
 

@@ -13,10 +13,12 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from gochat_streams import topics
 from gochat_streams.codecs import decode_dead_letter, encode
-from gochat_streams.models import PersistMessagePayload, PersistMessageTask, UpstreamMessage
+from gochat_streams.models import DeadLetter, PersistMessagePayload, PersistMessageTask, UpstreamMessage
+from gochat_streams.settings import Settings
 from gochat_streams.store import open_store
 
 from ..pg import Postgres
@@ -97,6 +99,22 @@ def _dead_letters_cli(cluster: Cluster, *args: str) -> str:
     return done.stdout
 
 
+async def test_the_dead_letters_command_lists_every_letter_of_every_partition(cluster: Cluster) -> None:
+    s = cluster.settings
+    await topics.ensure_topics(s, topics.core(s))
+    letters = [DeadLetter(service="logic", source_topic=topics.upstream(s).name, partition=0, offset=i, key=f"u{i}",
+                          value_b64=base64.b64encode(b"{}").decode(), reason="invalid_schema", detail="",
+                          retry_count=0, failed_at=1, value_size=2)
+               for i in range(12)]
+    # Keyed by user: several partitions of the dead-letter topic.
+    sent = await produce(s, topics.upstream_dlq(s).name, [(letter.key or "", encode(letter)) for letter in letters])
+    assert len({m.partition for m in sent}) > 1
+
+    listed = [json.loads(line) for line in _dead_letters_cli(cluster).splitlines()]
+    assert sorted((d["position"], d["offset"]) for d in listed) == sorted(
+        (f"{m.partition}:{m.offset}", letter.offset) for m, letter in zip(sent, letters))
+
+
 async def test_a_failing_task_is_retried_buried_and_replayed_once_the_fault_is_fixed(cluster: Cluster) -> None:
     postgres = Postgres(cluster.root)
     postgres.start()
@@ -163,6 +181,20 @@ async def test_a_gateway_buries_what_it_cannot_push_and_pushes_the_rest(cluster:
 BIG_SIZES = [2 * 1024 * 1024, 20 * 1024 * 1024, 2 * 1024 * 1024, 20 * 1024 * 1024]
 
 
+def _take_records_of(s: Settings, topic: str, size: int) -> None:
+    """Let ``topic`` take records of ``size`` bytes, as a topic whose foreign producers write such may be.
+
+    Kafka refuses records over ``max.message.bytes`` (about 1 MiB by default); Tansu has no limit.
+    """
+    if s.broker_scheme != "kafka":
+        return
+    entry = ConfigEntry("max.message.bytes", str(size + 1024 * 1024), incremental_operation=AlterConfigOpType.SET)
+    admin = AdminClient({"bootstrap.servers": ",".join(s.bootstrap_servers)})
+    for done in admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, topic,
+                                                                incremental_configs=[entry])]).values():
+        done.result(WAIT_S)
+
+
 def _big(i: int, size: int) -> bytes:
     """A record of ``size`` bytes that does not compress: alternately a chat message with huge content, and noise."""
     if i % 2:
@@ -182,6 +214,7 @@ async def test_records_too_big_to_dead_letter_whole_are_buried_truncated_and_sta
     s = cluster.settings
     goods = [_good(i * len(RECIPIENTS)) for i in range(len(BIG_SIZES) + 1)]  # all to RECIPIENTS[0]
     bigs = [_big(i, size) for i, size in enumerate(BIG_SIZES)]
+    _take_records_of(s, topics.upstream(s).name, max(BIG_SIZES))
     records: list[tuple[str, bytes]] = [goods[0]]
     for big, good in zip(bigs, goods[1:]):
         records += [("sender", big), good]  # one key: one partition, each big one before a good one
@@ -223,6 +256,7 @@ async def test_a_gateway_buries_a_record_too_big_to_copy_whole_truncated(cluster
     downstream = topics.downstream(s, "gw1").name
     good = {k: v for k, v in json.loads(_good(1)[1]).items() if k != "gateway_id"} | {"to_user_id": "bob"}
     big = os.urandom(BIG_SIZES[0])
+    _take_records_of(s, downstream, len(big))
     [sent, _] = await produce(s, downstream, [("bob", big), ("bob", json.dumps(good).encode())],
                               max_request_size=64 * 1024 * 1024)
 
