@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from faust.exceptions import ProducerSendError
 
 from gochat_streams import topics
 from gochat_streams.app import create_app
 from gochat_streams.compat.aiokafka import track_topic
-from gochat_streams.devstack import free_port
-from gochat_streams.kafka import client_kwargs
+from gochat_streams.devstack import dev_broker, free_port
+from gochat_streams.kafka import client_kwargs, producer_kwargs
+from gochat_streams.settings import Settings
 
-from .conftest import Cluster
+from .conftest import Cluster, consume_all
 
 pytestmark = pytest.mark.integration
 
@@ -43,18 +47,29 @@ async def test_a_batch_for_a_topic_known_at_start_survives_a_metadata_refresh(cl
         await producer.stop()
 
 
-async def test_a_record_the_broker_never_took_fails_every_later_flush(cluster: Cluster) -> None:
-    """Faust flushes the producer before each commit: a flush that raises commits nothing."""
-    # A broker of this test's own, to freeze.
+async def _frozen_broker_producer(cluster: Cluster, idempotent: bool) -> tuple[Any, Settings, Any]:
+    """A broker of this test's own, to freeze, and a started worker producer on it with a 2 s request timeout."""
+    if (dev_broker() == "kafka") != idempotent:
+        pytest.skip(f"the producer on {dev_broker()} is {'' if dev_broker() == 'kafka' else 'not '}idempotent")
     broker = cluster.stack.start_broker(free_port())
     broker_proc = cluster.stack.procs[-1][1]
     s = cluster.settings.model_copy(update={"broker_url": broker})
     app = create_app(s, topics.logic_group(s), autodiscover=[])
     app.conf.producer_request_timeout = 2.0
-    topic = topics.upstream(s)
-    await topics.ensure_topics(s, [topic])
     producer = app.producer
+    assert producer.idempotent == idempotent
+    await topics.ensure_topics(s, [topics.upstream(s)])
     await producer.start()
+    return producer, s, broker_proc
+
+
+async def test_a_record_the_broker_never_took_fails_every_later_flush(cluster: Cluster) -> None:
+    """Faust flushes the producer before each commit: a flush that raises commits nothing.
+
+    A producer that is not idempotent (Tansu's) gives a batch up after the request timeout.
+    """
+    producer, s, broker_proc = await _frozen_broker_producer(cluster, idempotent=False)
+    topic = topics.upstream(s)
     try:
         taken = await producer.send(topic.name, b"k", b"taken", None, None, None)
         await producer.flush()
@@ -76,3 +91,83 @@ async def test_a_record_the_broker_never_took_fails_every_later_flush(cluster: C
         assert producer.crash_reason is not None  # the worker stops
     finally:
         await producer.stop()
+
+
+async def test_an_idempotent_producer_writes_a_record_once_through_a_frozen_broker(cluster: Cluster) -> None:
+    """An idempotent producer (Kafka's) never gives a batch up: it is sent again until the broker takes it,
+    once (KIP-98), though the broker also gets the first request when it wakes; Faust's flush, so its commit,
+    waits for it."""
+    producer, s, broker_proc = await _frozen_broker_producer(cluster, idempotent=True)
+    topic = topics.upstream(s)
+    try:
+        taken = await producer.send(topic.name, b"k", b"taken", None, None, None)
+        await producer.flush()
+        assert (await taken).offset == 0
+
+        os.kill(broker_proc.pid, signal.SIGSTOP)
+        try:
+            retried = await producer.send(topic.name, b"k", b"retried", None, None, None)
+            # Frozen for several request timeouts: the request times out and is sent again.
+            await asyncio.sleep(3 * 2.0)
+            assert not retried.done()
+        finally:
+            os.kill(broker_proc.pid, signal.SIGCONT)
+
+        later = await producer.send(topic.name, b"k", b"later", None, None, None)
+        await asyncio.wait_for(producer.flush(), 60)
+        assert [(await retried).offset, (await later).offset] == [1, 2]
+        assert producer.crash_reason is None
+    finally:
+        await producer.stop()
+    records = await consume_all(s, [topic.name], lambda rs: len(rs) >= 3)
+    assert [r.value for r in records] == [b"taken", b"retried", b"later"]
+
+
+async def _batch_producer_ids(s: Settings, tp: TopicPartition) -> list[int]:
+    """The producer id of each record batch in ``tp``, as the broker stores it (-1: not an idempotent producer)."""
+    client = AIOKafkaClient(**client_kwargs(s))
+    await client.bootstrap()
+    try:
+        client.add_topic(tp.topic)
+        await client.force_metadata_update()
+        fetch = FetchRequest(0, 1, 16 * 1024 * 1024, 0, [(tp.topic, [(tp.partition, 0, 16 * 1024 * 1024)])])
+        response = await client.send(client.cluster.leader_for_partition(tp), fetch)
+        ids = []
+        for _, partitions in response.topics:
+            for _, error_code, _, *data in partitions:
+                assert error_code == 0, error_code
+                records = MemoryRecords(data[-1])
+                while (batch := records.next_batch()) is not None:
+                    ids.append(batch.producer_id)
+        return ids
+    finally:
+        await client.close()
+
+
+async def test_every_producer_is_idempotent_on_kafka(cluster: Cluster) -> None:
+    """A retried batch is not written twice: the broker knows each producer by its id and sequence (KIP-98)."""
+    s = cluster.settings
+    if s.broker_scheme == "tansu":
+        pytest.skip("Tansu has no InitProducerId: its producers are not idempotent (compat/tansu.py)")
+    topic = topics.upstream(s)
+    await topics.ensure_topics(s, [topic])
+    # The producer of the gateways, the monitor and the dead-letters command (kafka.py).
+    producer = AIOKafkaProducer(**producer_kwargs(s))
+    await producer.start()
+    try:
+        ours = await (await producer.send(topic.name, b"ours", key=b"k"))
+    finally:
+        await producer.stop()
+    # The workers' (compat/aiokafka.py).
+    app = create_app(s, topics.logic_group(s), autodiscover=[])
+    faust_producer = app.producer
+    await faust_producer.start()
+    try:
+        faust = await (await faust_producer.send(topic.name, b"k", b"faust's", None, None, None))
+        await faust_producer.flush()
+    finally:
+        await faust_producer.stop()
+
+    assert ours.partition == faust.partition
+    [first, second] = await _batch_producer_ids(s, TopicPartition(topic.name, ours.partition))
+    assert first >= 0 and second >= 0 and first != second
