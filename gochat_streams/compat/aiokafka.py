@@ -16,7 +16,9 @@ so the offset of the event that produced it would be committed and the record lo
 Here the first failure makes every later flush raise, so no commit passes it, and
 crashes the worker; its partitions are handled again from the last commit (by another
 worker, or by this one once restarted). Where the broker supports it (``kafka://``),
-the producer is idempotent: a retried batch is not written twice.
+the producer is idempotent: a retried batch is not written twice, and aiokafka then
+never gives a batch up for a timeout (it sends it again until the broker takes it, and
+the flush waits), so what fails a record there is an error that retrying cannot mend.
 
 Its produce requests carry every batch waiting for the broker, not only those whose
 linger is over (:class:`NodeDrainingAccumulator`): the gateway's producer does too.
