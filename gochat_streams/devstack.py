@@ -414,7 +414,12 @@ class Stack:
             (node.dir / "data").mkdir(parents=True, exist_ok=True)
             properties = kafka_properties(node.node_id, ports, node.dir / "data")
             node.config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
-        format_kafka([node for node in members.values() if not node.formatted], cluster_id)
+        try:
+            format_kafka([node for node in members.values() if not node.formatted], cluster_id)
+        except RuntimeError:
+            if throwaway is not None:
+                shutil.rmtree(throwaway, ignore_errors=True)
+            raise
         cluster = KafkaCluster(self, members, cluster_id, formatted=not kept, throwaway=throwaway)
         self.kafka.append(cluster)
         cluster._start(list(members), timeout)
