@@ -93,46 +93,30 @@ class WatchedGroup:
 class OffsetReader:
     """Reads offsets of the namespace's topics and groups, as any Kafka tool does.
 
-    Committed offsets by the admin client's OffsetFetch, high watermarks by ListOffsets.
-    Tansu (``tansu://``) answers neither right: there, high watermarks come from a Fetch
-    (compat/tansu.py) and committed offsets from a consumer per group that never
-    subscribes, so never joins the group.
+    Committed offsets by the admin client's OffsetFetch, high watermarks by ListOffsets;
+    Tansu (``tansu://``) answers ListOffsets wrong, so there they come from a Fetch
+    (compat/tansu.py).
     """
 
     def __init__(self, s: Settings) -> None:
         self.s = s
         self.admin = AIOKafkaAdminClient(**client_kwargs(s))
         self.consumer = AIOKafkaConsumer(**client_kwargs(s), group_id=None, enable_auto_commit=False)
-        #: Tansu only: a consumer of each group, for its committed offsets.
-        self.group_readers: dict[str, AIOKafkaConsumer] = {}
 
     async def start(self) -> None:
         await self.admin.start()
         await self.consumer.start()
 
     async def stop(self) -> None:
-        for reader in self.group_readers.values():
-            await reader.stop()
         await self.consumer.stop()
         await self.admin.close()
 
     async def committed(self, group_id: str, tps: list[TopicPartition]) -> dict[TP, int]:
         if not tps:
             return {}
-        if self.s.broker_scheme == "tansu":
-            return await self._committed_on_tansu(group_id, tps)
         found = await self.admin.list_consumer_group_offsets(group_id, partitions=tps)
         # -1: the group has committed nothing there.
         return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta.offset >= 0}
-
-    async def _committed_on_tansu(self, group_id: str, tps: list[TopicPartition]) -> dict[TP, int]:
-        reader = self.group_readers.get(group_id)
-        if reader is None:
-            reader = AIOKafkaConsumer(**client_kwargs(self.s), group_id=group_id, enable_auto_commit=False)
-            await reader.start()
-            self.group_readers[group_id] = reader
-        offsets = await asyncio.gather(*(reader.committed(tp) for tp in tps))
-        return {(tp.topic, tp.partition): offset for tp, offset in zip(tps, offsets) if offset is not None}
 
     def groups(self, names: Iterable[str]) -> list[WatchedGroup]:
         s = self.s
