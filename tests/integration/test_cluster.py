@@ -311,7 +311,9 @@ class _Flow:
             except TimeoutError:
                 if self._sent.is_set() and self._all_acked_arrived():
                     quiet_s += 0.5
-                assert time.monotonic() - last_progress < 2 * WAIT_S, f"stalled at {self.received_count} messages"
+                assert time.monotonic() - last_progress < 2 * WAIT_S, (
+                    f"{client.user_id} stalled; received per recipient and sender: "
+                    f"{ {r: {s: len(ids) for s, ids in by.items()} for r, by in self.received.items()} }")
                 continue
             assert frame["type"] == "message", frame
             message = frame["message"]
