@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gochat_streams.kafka import client_kwargs, producer_kwargs
 from gochat_streams.settings import Settings
-from gochat_streams.topics import TopicSpec, ensure_topics
+from gochat_streams.topics import TopicSpec, ensure_topics, min_insync_replicas
 
 from .common import WAIT_S, send_batches, text_message
 
@@ -30,8 +30,10 @@ MAX_IN_FLIGHT = 1_000
 async def run_raw(s: Settings, records: int) -> dict[str, Any]:
     source, sink = f"{s.namespace}raw-in", f"{s.namespace}raw-out"
     partitions = s.upstream_partitions
-    await ensure_topics(s, [TopicSpec(name, "sender", "json", partitions, 1, 3_600_000, s.compression)
-                            for name in (source, sink)])
+    # Replicated as the upstream topic is, so the ceiling pays what the pipeline's records pay.
+    replicas = s.upstream_replicas
+    await ensure_topics(s, [TopicSpec(name, "sender", "json", partitions, replicas, 3_600_000, s.compression,
+                                      min_insync_replicas(s, replicas)) for name in (source, sink)])
     producer = AIOKafkaProducer(**{**producer_kwargs(s), "linger_ms": 5, "max_batch_size": 256 * 1024})
     await producer.start()
     try:
