@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gochat_streams import topics
 from gochat_streams.devstack import DEV_ENV, Stack, broker_env, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
-from gochat_streams.kafka import client_kwargs
+from gochat_streams.kafka import client_kwargs, partitions_of
 from gochat_streams.monitor import OffsetReader, lags
 from gochat_streams.operator import operator_headers
 from gochat_streams.settings import Settings
@@ -231,8 +231,7 @@ async def count_records(s: Settings, topics: list[str], expected: int, started: 
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        tps = await partitions_of(s, topics)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         count, last = 0, started

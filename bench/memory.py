@@ -77,7 +77,7 @@ class Changelog(topics.TopicSpec):
 
     @property
     def config(self) -> dict[str, str]:
-        return {"cleanup.policy": "compact"}
+        return {"cleanup.policy": "compact", "min.insync.replicas": str(self.min_insync_replicas)}
 
 
 def _json(value: Any) -> bytes:
@@ -127,7 +127,8 @@ async def _write_state(bench: Bench, users: int, per_user: int) -> int:
     app_id, partitions = topics.logic_group(s).group_id, topics.user(s).partitions
     presence, inbox = f"{app_id}-presence-changelog", f"{app_id}-inbox-changelog"
     await topics.ensure_topics(s, [*topics.core(s), *(
-        Changelog(name, "user_id", "table entry", partitions, s.user_replicas, s.user_retention_ms, s.compression)
+        Changelog(name, "user_id", "table entry", partitions, s.user_replicas, s.user_retention_ms, s.compression,
+                  topics.min_insync_replicas(s, s.user_replicas))
         for name in (presence, inbox))])
     all_partitions = list(range(partitions))
     partitioner = DefaultPartitioner()
