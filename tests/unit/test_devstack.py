@@ -53,11 +53,11 @@ def test_cluster_ids_are_kafkas_form() -> None:
     assert all(len(i) == 22 and not i.startswith("-") and "=" not in i for i in ids)
 
 
-def test_the_dev_broker_is_kafka_unless_tansu_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_dev_broker_is_tansu_unless_kafka_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GOCHAT_DEV_BROKER", raising=False)
-    assert dev_broker() == "kafka"
-    monkeypatch.setenv("GOCHAT_DEV_BROKER", "tansu")
     assert dev_broker() == "tansu"
+    monkeypatch.setenv("GOCHAT_DEV_BROKER", "kafka")
+    assert dev_broker() == "kafka"
     monkeypatch.setenv("GOCHAT_DEV_BROKER", "redpanda")
     with pytest.raises(ValueError, match="kafka or tansu"):
         dev_broker()
