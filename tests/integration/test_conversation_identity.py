@@ -44,12 +44,14 @@ async def test_naming_another_pairs_chat_reads_and_writes_nothing_of_it(cluster:
     assert await mallory.next_frame() == {"type": "ack", "message_id": "evil"}
     [evil] = await bob.messages(1, ack=True)
     assert (evil["message_id"], evil["conversation_id"]) == ("evil", "bob:mallory")
-    # A client may leave a single chat's conversation_id out.
+    # A client may leave a single chat's conversation_id out. bob answers once he has
+    # alice's message, so the store has them in that order (two senders' messages are
+    # otherwise in no order of each other).
     await alice.send("ab-1", "bob", "hi", conversation_id=None)
-    await bob.send("ab-2", "alice", "hello", conversation_id="whatever")
     assert await alice.next_frame() == {"type": "ack", "message_id": "ab-1"}
-    assert await bob.next_frame() == {"type": "ack", "message_id": "ab-2"}
     assert [(m["message_id"], m["conversation_id"]) for m in await bob.messages(1)] == [("ab-1", "alice:bob")]
+    await bob.send("ab-2", "alice", "hello", conversation_id="whatever")
+    assert await bob.next_frame() == {"type": "ack", "message_id": "ab-2"}
     assert [(m["message_id"], m["conversation_id"]) for m in await alice.messages(1)] == [("ab-2", "alice:bob")]
 
     assert await _stored(gw, "alice", "alice:bob", "ab-2") == ["ab-1", "ab-2"]
