@@ -90,6 +90,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,
+        TableManager="gochat_streams.compat.faust:TableManager",
         web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,

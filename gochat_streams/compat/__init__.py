@@ -1,1 +1,2 @@
-"""Workarounds for brokers that speak Kafka's protocol imperfectly. Each is opt-in by URL scheme."""
+"""Workarounds for faults in the libraries we build on (Faust, aiokafka), and for brokers
+that speak Kafka's protocol imperfectly (opt-in by URL scheme)."""
