@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from .kafka import client_kwargs
+from .kafka import client_kwargs, wait_until_served
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -195,7 +195,11 @@ def faust_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
 
 
 async def ensure_topics(s: Settings, specs: list[TopicSpec]) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Returns once every broker serves them (:func:`wait_until_served`): a consumer
+    group that subscribes next is assigned all their partitions.
+    """
     admin = AIOKafkaAdminClient(**client_kwargs(s))
     await admin.start()
     try:
@@ -210,3 +214,5 @@ async def ensure_topics(s: Settings, specs: list[TopicSpec]) -> None:
             log.info("created topic %s", name)
     finally:
         await admin.close()
+    if not await wait_until_served(s, [t.name for t in specs]):
+        raise RuntimeError(f"the brokers do not serve the topics {[t.name for t in specs]} yet")

@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from ..kafka import wait_until_served
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,15 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 class Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        # Faust creates the tables' changelogs just before it subscribes: a group leader
+        # assigning before the brokers serve them would give their partitions to nobody
+        # for minutes (kafka.wait_until_served).
+        topics = list(topics)
+        if not await wait_until_served(self.app.gochat_settings, topics):
+            log.warning("subscribing to topics some brokers do not serve yet: %s", topics)
+        await super().subscribe(topics)
 
 
 class Transport(faust_aiokafka.Transport):

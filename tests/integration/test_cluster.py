@@ -12,13 +12,13 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from gochat_streams import topics
 from gochat_streams.devstack import KafkaCluster
-from gochat_streams.kafka import client_kwargs
+from gochat_streams.kafka import client_kwargs, served_topics
 from gochat_streams.settings import DAY_MS
 
 from .conftest import WAIT_S, Client, Cluster
@@ -93,6 +93,26 @@ async def _create_transaction_topic(cluster: Cluster) -> None:
                                 transactional_id=f"{cluster.settings.namespace}probe")
     await producer.start()
     await producer.stop()
+
+
+async def test_a_new_topic_is_in_every_brokers_metadata_once_created(cluster3: Cluster) -> None:
+    """A consumer group's leader assigns only the partitions its broker's metadata has; Kafka
+    applies a new topic to each broker's metadata after CreateTopics has answered."""
+    s = cluster3.settings
+    client = AIOKafkaClient(**client_kwargs(s))
+    await client.bootstrap()
+    missing = []
+    try:
+        for i in range(20):
+            spec = topics.downstream(s, f"new{i}")
+            await topics.ensure_topics(s, [spec])
+            for broker in client.cluster.brokers():
+                served = await served_topics(client, broker.nodeId, [spec.name])
+                if served.get(spec.name) != spec.partitions:
+                    missing.append((spec.name, broker.nodeId, served))
+    finally:
+        await client.close()
+    assert missing == []
 
 
 # --- broker failover -----------------------------------------------------------------------
