@@ -2,7 +2,7 @@
 #   docker run IMAGE                                   -> logic worker
 #   docker run -e GOCHAT_GATEWAY_ID=gw1 IMAGE gateway  -> WebSocket gateway
 # Configure with GOCHAT_* variables (README: Settings); point GOCHAT_BROKER_URL
-# at a Kafka cluster (kafka://host:9092). The dev-only Tansu broker is not in here.
+# at a Kafka cluster (kafka://host:9092).
 #
 # Only the gateway listens beyond the container: its /ws and /history are for clients.
 # A worker's web server (views, Faust's /table/, /metrics) shows users' contacts and

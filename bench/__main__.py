@@ -1,8 +1,8 @@
 """``python -m bench SCENARIO [--smoke] [options]``: run a scenario on a broker of its own; a table and a JSON file.
 
 ``--smoke`` runs it tiny, to check that it completes and loses nothing (CI does), not how fast.
-Each run starts a broker of its own on loopback: one Kafka node (``GOCHAT_DEV_BROKER=tansu``: Tansu),
-or with ``--kafka-nodes 3`` a 3-node Kafka cluster whose topics take the spec's replicas;
+Each run starts a broker of its own on loopback: one Kafka node, or with ``--kafka-nodes 3``
+a 3-node Kafka cluster whose topics take the spec's replicas;
 ``--broker kafka://host:9092`` measures against your own cluster instead.
 ``--profile`` samples the servers with py-spy while the clock runs (bench/profile.py).
 ``python -m bench SCENARIO -h`` says what a scenario measures (its module's docstring) and its
@@ -115,8 +115,6 @@ def main() -> None:
 
 def _own_broker(bench: Bench, args: argparse.Namespace) -> str:
     """What the run's own broker was, for its report."""
-    if bench.env["GOCHAT_BROKER_URL"].startswith("tansu://"):
-        return "tansu (loopback)"
     return f"kafka {kafka_version()} (loopback, {args.kafka_nodes} node{'s' if args.kafka_nodes > 1 else ''})"
 
 

@@ -21,7 +21,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from gochat_streams import topics
-from gochat_streams.devstack import DEV_ENV, Stack, broker_env, free_port
+from gochat_streams.devstack import DEV_ENV, Stack, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs, partitions_of
 from gochat_streams.monitor import OffsetReader, lags
@@ -166,12 +166,12 @@ def _ready(url: str) -> bool:
 
 
 def new_bench(root: Path, broker: str | None, profile: bool = False, kafka_nodes: int = 1) -> Bench:
-    """A bench on ``broker``, or on a dev broker of its own: one node (GOCHAT_DEV_BROKER, as
-    the dev stack), or a Kafka cluster of ``kafka_nodes`` whose topics take the spec's replicas."""
+    """A bench on ``broker``, or on a Kafka broker of its own: one node, as the dev stack's,
+    or a cluster of ``kafka_nodes`` whose topics take the spec's replicas."""
     stack = Stack(root / "logs")
     if broker is None:
         broker = stack.start_broker() if kafka_nodes == 1 else stack.start_kafka(kafka_nodes).url
-    dev = {**DEV_ENV, **broker_env(broker)}
+    dev = dict(DEV_ENV)
     if kafka_nodes > 1:
         dev = {name: value for name, value in dev.items() if not name.endswith("_REPLICAS")}
     env = {

@@ -14,7 +14,6 @@ from faust.types import TransportT
 from . import topics
 from .compat import aiokafka as compat_aiokafka
 from .compat.aiokafka import track_topic
-from .compat import tansu as compat_tansu
 from .kafka import faust_credentials
 from .logs import configure as configure_logging
 from .metrics import serve_metrics
@@ -22,8 +21,6 @@ from .operator import check_listen, operator_middleware
 from .settings import Settings, get_settings
 
 
-#: Faust transports by broker URL scheme (compat/: why not Faust's own).
-TRANSPORTS: dict[str, type[TransportT]] = {"kafka": compat_aiokafka.Transport, "tansu": compat_tansu.Transport}
 #: A worker's liveness views (views.py), open to load balancers: they say nothing about users.
 LIVENESS_PATHS = frozenset({"/health/", "/ready/"})
 
@@ -31,7 +28,7 @@ LIVENESS_PATHS = frozenset({"/health/", "/ready/"})
 class GochatApp(faust.App):
     """Creates the spec's topics before its consumer subscribes to them.
 
-    A broker that auto-creates topics on a metadata request (Tansu; Kafka with
+    A broker that auto-creates topics on a metadata request (Kafka with
     ``auto.create.topics.enable``) would otherwise create them with its own
     partition count, and the tables would no longer match their streams.
     """
@@ -40,11 +37,12 @@ class GochatApp(faust.App):
         super().__init__(group_id, **options)
         self.gochat_settings = settings
 
+    # compat/aiokafka.py: why not Faust's own transport.
     def _new_transport(self) -> TransportT:
-        return TRANSPORTS[self.conf.broker_consumer[0].scheme](self.conf.broker_consumer, self)
+        return compat_aiokafka.Transport(self.conf.broker_consumer, self)
 
     def _new_producer_transport(self) -> TransportT:
-        return TRANSPORTS[self.conf.broker_producer[0].scheme](self.conf.broker_producer, self)
+        return compat_aiokafka.Transport(self.conf.broker_producer, self)
 
     async def on_first_start(self) -> None:
         # Here, not in create_app: Faust's WEB_BIND variable and ``worker --web-bind`` may

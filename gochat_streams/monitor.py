@@ -43,7 +43,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from . import topics
 from .alerting import INPUT_RECORDS, CONSUMER_LAG, ERRORS, UPSTREAM_RECORDS, AlertChange, Alerting, Observations
 from .codecs import DecodeError, decode_alert, encode
-from .compat.tansu import fetched_highwaters
 from .kafka import client_kwargs, producer_kwargs, topic_partitions
 from .metrics import consumer_lag, topic_records
 from .models import RuleAlert
@@ -93,9 +92,7 @@ class WatchedGroup:
 class OffsetReader:
     """Reads offsets of the namespace's topics and groups, as any Kafka tool does.
 
-    Committed offsets by the admin client's OffsetFetch, high watermarks by ListOffsets;
-    Tansu (``tansu://``) answers ListOffsets wrong, so there they come from a Fetch
-    (compat/tansu.py).
+    Committed offsets by the admin client's OffsetFetch, high watermarks by ListOffsets.
     """
 
     def __init__(self, s: Settings) -> None:
@@ -148,9 +145,6 @@ class OffsetReader:
     async def _highwaters(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not tps:
             return {}
-        if self.s.broker_scheme == "tansu":
-            client = {k: v for k, v in client_kwargs(self.s).items() if k != "bootstrap_servers"}
-            return await fetched_highwaters(self.s.bootstrap_servers, tps, **client)
         return await self.consumer.end_offsets(tps)
 
 

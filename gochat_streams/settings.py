@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .alerting import AlertThresholds
@@ -23,9 +23,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GOCHAT_", frozen=True, extra="forbid")
 
-    # Broker. ``tansu://host:port`` selects the dev-broker compatibility layer
-    # (gochat_streams/compat/tansu.py); ``kafka://`` is any real Kafka cluster
-    # (gochat_streams/compat/aiokafka.py).
+    # Broker: ``kafka://host:port[,host:port...]``, a Kafka cluster (gochat_streams/compat/aiokafka.py).
     broker_url: str = "kafka://127.0.0.1:9092"
     broker_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"] = "PLAINTEXT"
     broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
@@ -80,7 +78,7 @@ class Settings(BaseSettings):
     #: request costs the broker and the client far more than the records in it.
     producer_linger_ms: int = Field(10, ge=0)
     #: The longest a consumer's fetch waits for records. Kafka answers as soon as records
-    #: arrive; the dev broker only near the end of the wait, so the dev stack shortens it.
+    #: arrive, so this only spaces an idle consumer's requests.
     fetch_max_wait_ms: int = Field(500, ge=1)
     #: The largest produce request of every producer of ours, Faust's included (aiokafka's
     #: ``max_request_size``). A dead letter copies only as much of a record as fits in one
@@ -225,9 +223,12 @@ class Settings(BaseSettings):
     def push_outbox_path(self) -> Path:
         return self.push_outbox or self.data_dir / "push-outbox.jsonl"
 
-    @property
-    def broker_scheme(self) -> str:
-        return self.broker_url.split("://", 1)[0] if "://" in self.broker_url else "kafka"
+    @field_validator("broker_url")
+    @classmethod
+    def _kafka_url(cls, url: str) -> str:
+        if "://" in url and not url.startswith("kafka://"):
+            raise ValueError(f"{url!r}: a broker URL is kafka://host:port[,host:port...]")
+        return url
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -9,22 +9,22 @@ ever. Faust commits only after the producer has flushed, so the worker stalls: s
 with ``im-user-topic`` batches stuck while 1,000 users joined a group, on any broker.
 This producer tracks each topic before its first send.
 
-It also makes a record the broker never took stop the worker's commits. Faust flushes
-the producer before committing offsets, but a record that failed (aiokafka gives up on
-a batch after ``producer_request_timeout`` without a broker) does not fail the flush,
+It also makes a record the broker refused stop the worker's commits. Faust flushes the
+producer before committing offsets, but a record that failed does not fail the flush,
 so the offset of the event that produced it would be committed and the record lost.
 Here the first failure makes every later flush raise, so no commit passes it, and
 crashes the worker; its partitions are handled again from the last commit (by another
-worker, or by this one once restarted). Where the broker supports it (``kafka://``),
-the producer is idempotent: a retried batch is not written twice, and aiokafka then
-never gives a batch up for a timeout (it sends it again until the broker takes it, and
-the flush waits), so what fails a record there is an error that retrying cannot mend.
+worker, or by this one once restarted). The producer is idempotent: a retried batch is
+not written twice, and aiokafka then never gives a batch up for a timeout (it sends it
+again until the broker takes it, and the flush waits), so what fails a record is an
+error that retrying cannot mend (a record over the topic's size limit, a topic this
+client may not write).
 
 Its produce requests carry every batch waiting for the broker, not only those whose
 linger is over (:class:`NodeDrainingAccumulator`): the gateway's producer does too.
 
 Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
-``GOCHAT_FETCH_MAX_WAIT_MS``, which the dev broker needs short (compat/tansu.py).
+``GOCHAT_FETCH_MAX_WAIT_MS``.
 """
 
 from __future__ import annotations
@@ -83,13 +83,12 @@ def drain_whole_nodes(producer: AIOKafkaProducer) -> AIOKafkaProducer:
 
 
 class Producer(faust_aiokafka.Producer):
-    #: Whether the broker supports the idempotent producer (KIP-98).
-    idempotent = True
     #: The first record the broker did not take: from then on nothing is committed.
     unsent: BaseException | None = None
 
     def _settings_extra(self) -> Mapping[str, Any]:
-        return {**super()._settings_extra(), "enable_idempotence": self.idempotent}
+        # Faust turns idempotence on only for exactly-once processing (KIP-98).
+        return {**super()._settings_extra(), "enable_idempotence": True}
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         return drain_whole_nodes(super()._new_producer(transactional_id))

@@ -1,8 +1,8 @@
 """A real broker and Redis for the session; workers and gateways as subprocesses per test.
 
 ``GOCHAT_TEST_BROKER=kafka://host:9092`` (and ``GOCHAT_TEST_REDIS=redis://...``) run the
-suite against servers of your own; otherwise a one-node Kafka (devstack.Stack.start_broker;
-``GOCHAT_DEV_BROKER=tansu``: Tansu) and redis-server start on loopback.
+suite against servers of your own; otherwise a one-node Kafka (devstack.Stack.start_broker)
+and redis-server start on loopback.
 Every test gets its own namespace, so topics and consumer groups are fresh.
 """
 
@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
-from gochat_streams.devstack import DEV_ENV, KafkaCluster, Stack, dev_broker, free_port
+from gochat_streams.devstack import DEV_ENV, KafkaCluster, Stack, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs, partitions_of
 from gochat_streams.settings import Settings
@@ -193,9 +193,7 @@ def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
 @pytest.fixture(scope="module")
 def kafka3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """A 3-node KRaft cluster for a test module (about 1 GB and 10 s to start); tests that take
-    nodes down bring them back. Skipped where the dev broker is Tansu (no Java): it has no replicas."""
-    if dev_broker() == "tansu":
-        pytest.skip("a 3-node cluster needs Kafka; GOCHAT_DEV_BROKER=tansu")
+    nodes down bring them back."""
     stack = Stack(tmp_path_factory.mktemp("kafka3"))
     try:
         yield stack.start_kafka(3)

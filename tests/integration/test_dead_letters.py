@@ -184,10 +184,8 @@ BIG_SIZES = [2 * 1024 * 1024, 20 * 1024 * 1024, 2 * 1024 * 1024, 20 * 1024 * 102
 def _take_records_of(s: Settings, topic: str, size: int) -> None:
     """Let ``topic`` take records of ``size`` bytes, as a topic whose foreign producers write such may be.
 
-    Kafka refuses records over ``max.message.bytes`` (about 1 MiB by default); Tansu has no limit.
+    Kafka refuses records over ``max.message.bytes`` (about 1 MiB by default).
     """
-    if s.broker_scheme != "kafka":
-        return
     entry = ConfigEntry("max.message.bytes", str(size + 1024 * 1024), incremental_operation=AlterConfigOpType.SET)
     admin = AdminClient({"bootstrap.servers": ",".join(s.bootstrap_servers)})
     for done in admin.incremental_alter_configs([ConfigResource(ResourceType.TOPIC, topic,

@@ -24,12 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gochat_streams.devstack import dev_broker, free_port
+from gochat_streams.devstack import free_port
 
 from .conftest import WAIT_S, Client
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(dev_broker() == "tansu", reason="Tansu keeps no data across runs")]
+pytestmark = pytest.mark.integration
 
 #: What the dev stack prints once everything it starts is ready.
 READY = "Ctrl-C stops everything."

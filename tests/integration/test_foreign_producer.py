@@ -55,8 +55,6 @@ def _produce(bootstrap_servers: str, topic: str, values: list[dict[str, Any]], *
 
 
 async def test_the_spec_examples_from_librdkafka_are_delivered(cluster: Cluster, connect: Any) -> None:
-    if cluster.settings.broker_scheme == "tansu":
-        pytest.skip("librdkafka cannot talk to Tansu (ApiVersionRequest failed: Read underflow)")
     cluster.start_worker()
     gw = cluster.start_gateway("gw1")
     sender, recipient = await connect(gw, SENDER), await connect(gw, RECIPIENT)

@@ -1,7 +1,7 @@
-"""A restarted worker's presence table holds exactly what was written, on any broker.
+"""A restarted worker's presence table holds exactly what was written.
 
-Presence changes are produced in multi-record batches: on Tansu, Faust's table
-recovery would stop at the last batch's first record without the tansu:// transport.
+Presence changes are produced in multi-record batches: table recovery must read to the
+changelog's end, not to its last batch's first record.
 """
 
 from __future__ import annotations

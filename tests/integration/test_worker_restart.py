@@ -35,8 +35,6 @@ async def _members(cluster: Cluster, group_id: str) -> list[str]:
 
 async def test_a_gracefully_stopped_worker_is_replaced_without_waiting_for_its_session(
         cluster: Cluster, connect: Any) -> None:
-    if cluster.settings.broker_scheme == "tansu":
-        pytest.skip("Tansu ignores LeaveGroup: a successor waits for the old member's session to end")
     cluster.env.update({"GOCHAT_SESSION_TIMEOUT_S": str(SESSION_S), "GOCHAT_REBALANCE_TIMEOUT_S": str(SESSION_S)})
     group_id = topics.logic_group(cluster.settings).group_id
     cluster.start_worker("w1")

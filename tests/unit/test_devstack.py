@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gochat_streams.devstack import dev_broker, kafka_properties, new_cluster_id
+from gochat_streams.devstack import kafka_properties, new_cluster_id
 
 NODES = {1: (9001, 9101), 2: (9002, 9102), 3: (9003, 9103)}
 
@@ -52,12 +52,3 @@ def test_cluster_ids_are_kafkas_form() -> None:
     assert len(ids) == 200
     assert all(len(i) == 22 and not i.startswith("-") and "=" not in i for i in ids)
 
-
-def test_the_dev_broker_is_tansu_unless_kafka_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GOCHAT_DEV_BROKER", raising=False)
-    assert dev_broker() == "tansu"
-    monkeypatch.setenv("GOCHAT_DEV_BROKER", "kafka")
-    assert dev_broker() == "kafka"
-    monkeypatch.setenv("GOCHAT_DEV_BROKER", "redpanda")
-    with pytest.raises(ValueError, match="kafka or tansu"):
-        dev_broker()

@@ -61,3 +61,10 @@ def test_settings_are_frozen_and_validated() -> None:
         Settings(gateway_id="has spaces")
     with pytest.raises(ValidationError):
         Settings(upstream_partitions=0)
+
+
+def test_the_broker_is_a_kafka_url() -> None:
+    assert Settings(broker_url="kafka://a:9092,b:9092").bootstrap_servers == ["a:9092", "b:9092"]
+    assert Settings(broker_url="a:9092").bootstrap_servers == ["a:9092"]
+    with pytest.raises(ValidationError, match="kafka://"):
+        Settings(broker_url="tansu://127.0.0.1:9092")
