@@ -80,6 +80,9 @@ def devstack(tmp_path: Path) -> Iterator[Any]:
                  "--gateway-port", str(ports["gateway"]), "--worker-web-port", str(ports["worker"]),
                  "--task-worker-web-port", str(ports["tasks"]), "--monitor-port", str(ports["monitor"])],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                # As `make run` starts it: not with the settings of this process, whose unit
+                # tests' conftest sets GOCHAT_TABLE_STORE=memory:// in the same session.
+                env={name: value for name, value in os.environ.items() if not name.startswith("GOCHAT_")},
             )
         run = DevStack(proc, output, ports)
         runs.append(run)
