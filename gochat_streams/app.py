@@ -8,10 +8,13 @@ Faust uses an app's id as its consumer group, so the ids are the spec's
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import faust
 from faust.types import TransportT
 
 from . import topics
+from .audit import AuditLog
 from .compat import aiokafka as compat_aiokafka
 from .compat.aiokafka import track_topic
 from .kafka import faust_credentials
@@ -33,9 +36,11 @@ class GochatApp(faust.App):
     partition count, and the tables would no longer match their streams.
     """
 
-    def __init__(self, settings: Settings, group_id: str, **options: object) -> None:
+    def __init__(self, settings: Settings, group_id: str, audit: AuditLog, **options: object) -> None:
         super().__init__(group_id, **options)
         self.gochat_settings = settings
+        #: The worker's audit chain (audit.py): group administration, operator reads.
+        self.audit = audit
 
     # compat/aiokafka.py: why not Faust's own transport.
     def _new_transport(self) -> TransportT:
@@ -61,13 +66,29 @@ class GochatApp(faust.App):
         producer = self.producer._ensure_producer()
         for table in self.tables.values():
             track_topic(producer, table.changelog_topic.get_topic_name())
+        audit_topic = topics.audit(self.gochat_settings).name
+        track_topic(producer, audit_topic)
         await producer.client.force_metadata_update()
+
+        async def send(key: bytes, value: bytes) -> Awaitable[object]:
+            return await self.producer.send(audit_topic, key, value, None, None, None)
+
+        self.audit.start(send)
+
+    async def on_stop(self) -> None:
+        # Before the producer stops (a child service, stopped after this).
+        await self.audit.close()
+        await super().on_stop()
 
 
 def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
+    # "im-logic-group" -> "logic"
+    audit = AuditLog(group.group_id.removeprefix(settings.namespace).removeprefix("im-").removesuffix("-group"),
+                     buffer_max=settings.audit_buffer_max)
     app = GochatApp(
         settings,
         group.group_id,
+        audit,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
@@ -96,7 +117,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         # Every route of the web server, Faust's own /table/ and /router/ views included,
         # and any view added later (operator.py). Faust forwards a table_route request
         # with the caller's headers, so the owner of the key checks the same token.
-        web_application_options={"middlewares": [operator_middleware(settings, LIVENESS_PATHS)]},
+        web_application_options={"middlewares": [operator_middleware(settings, LIVENESS_PATHS, audit, {"/metrics"})]},
     )
     serve_metrics(app, "faust_" + group.group_id.removeprefix(settings.namespace))
     return app
