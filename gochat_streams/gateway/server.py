@@ -46,6 +46,7 @@ from .auth import PROTOCOL, RedactTokens, audit_refusals, offered_protocols, ver
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
 from .keys import AUDIT, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .tls import tls_context
 from .tokens import InsecureKeyring, keyring
 
 log = logging.getLogger(__name__)
@@ -448,8 +449,9 @@ async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
     try:
         app = create_app(settings)
-    except InsecureKeyring as exc:
+        ssl_context = tls_context(settings)
+    except (InsecureKeyring, ValueError, OSError) as exc:
         raise SystemExit(f"gateway not started: {exc}") from None
     logging.getLogger("aiohttp.access").addFilter(RedactTokens())
     await serve(app, settings, settings.gateway_host, settings.gateway_port,
-                f"gateway {settings.gateway_id}")
+                f"gateway {settings.gateway_id}", ssl_context)
