@@ -8,16 +8,15 @@ Faust uses an app's id as its consumer group, so the ids are the spec's
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.types import TransportT
 
 from . import topics
-from .audit import AuditLog
+from .audit import AuditLog, producer_send
 from .compat import aiokafka as compat_aiokafka
 from .compat.aiokafka import track_topic
-from .kafka import faust_credentials
+from .kafka import faust_credentials, producer_kwargs
 from .logs import configure as configure_logging
 from .metrics import serve_metrics
 from .operator import check_listen, operator_middleware
@@ -41,6 +40,7 @@ class GochatApp(faust.App):
         self.gochat_settings = settings
         #: The worker's audit chain (audit.py): group administration, operator reads.
         self.audit = audit
+        self._audit_producer: AIOKafkaProducer | None = None
 
     # compat/aiokafka.py: why not Faust's own transport.
     def _new_transport(self) -> TransportT:
@@ -66,18 +66,17 @@ class GochatApp(faust.App):
         producer = self.producer._ensure_producer()
         for table in self.tables.values():
             track_topic(producer, table.changelog_topic.get_topic_name())
-        audit_topic = topics.audit(self.gochat_settings).name
-        track_topic(producer, audit_topic)
         await producer.client.force_metadata_update()
-
-        async def send(key: bytes, value: bytes) -> Awaitable[object]:
-            return await self.producer.send(audit_topic, key, value, None, None, None)
-
-        self.audit.start(send)
+        # A producer of its own: Faust's stops the worker when the broker refuses a record
+        # (compat/aiokafka.py), and an audit event the broker refuses must wait, not crash.
+        self._audit_producer = AIOKafkaProducer(**producer_kwargs(self.gochat_settings))
+        await self._audit_producer.start()
+        self.audit.start(producer_send(self._audit_producer, topics.audit(self.gochat_settings).name))
 
     async def on_stop(self) -> None:
-        # Before the producer stops (a child service, stopped after this).
         await self.audit.close()
+        if self._audit_producer is not None:
+            await self._audit_producer.stop()
         await super().on_stop()
 
 
