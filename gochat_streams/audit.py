@@ -50,6 +50,8 @@ from .metrics import audit_events, audit_events_unchained, audit_write_failures
 from .models import now_ms
 
 log = logging.getLogger("gochat.audit")
+# Audit lines are kept whatever GOCHAT_LOG_LEVEL (or a command's log level) says.
+log.setLevel(logging.INFO)
 _internal = logging.getLogger(__name__)
 
 Outcome = Literal["success", "denied", "failure"]

@@ -5,8 +5,7 @@ keeps Faust's own formatter, which draws partition sets as tables); ``json`` wri
 JSON object per line (time, level, logger, process, message, and the exception if any),
 for a log pipeline.
 A trace line (trace.py) is JSON already; in ``json`` format it is nested as ``trace``,
-and an audit event (audit.py) as ``audit``. Audit events are logged whatever
-``GOCHAT_LOG_LEVEL`` says: the ``gochat.audit`` logger is kept at INFO.
+and an audit event (audit.py) as ``audit``.
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ def configure(settings: Settings, *, own_handler: bool = False) -> None:
     root = logging.getLogger()
     root.setLevel(settings.log_level)
     trace.configure(settings.trace_sample_rate)
-    logging.getLogger("gochat.audit").setLevel(logging.INFO)
     if settings.log_format == "json":
         for handler in root.handlers:
             handler.setFormatter(JsonFormatter())
