@@ -19,6 +19,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     if certfile is None or keyfile is None:
         raise ValueError("set both GOCHAT_GATEWAY_TLS_CERTFILE and GOCHAT_GATEWAY_TLS_KEYFILE, or neither")
+    # Whoever reads the key can pose as the gateway. Group read stays allowed: Debian's
+    # convention is root:ssl-cert 0640.
+    if keyfile.stat().st_mode & 0o007:
+        raise ValueError(f"{keyfile} is open to every account on this host: chmod o-rwx it (0600 or 0640)")
     # The default server context: no SSLv3/TLS 1.0/1.1 ciphers of old, no compression.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

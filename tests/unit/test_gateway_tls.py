@@ -29,9 +29,20 @@ def test_one_without_the_other_is_refused(tmp_path: Path, which: str) -> None:
         tls_context(Settings(**{f"gateway_tls_{which}": tmp_path / "x.pem"}))
 
 
+def test_a_key_every_account_may_read_is_refused(tmp_path: Path) -> None:
+    cert = server_certificate(tmp_path)
+    cert.key.chmod(0o644)
+    with pytest.raises(ValueError, match="open to every account on this host: chmod o-rwx"):
+        tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=cert.key))
+    cert.key.chmod(0o640)
+    assert tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=cert.key)) is not None
+
+
 def test_a_key_that_is_not_the_certificates_is_refused(tmp_path: Path) -> None:
     cert, other = server_certificate(tmp_path / "a"), server_certificate(tmp_path / "b")
     with pytest.raises(ValueError, match="not a PEM certificate"):
         tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=other.key))
     with pytest.raises(FileNotFoundError):
         tls_context(Settings(gateway_tls_certfile=tmp_path / "missing.pem", gateway_tls_keyfile=cert.key))
+    with pytest.raises(FileNotFoundError):
+        tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=tmp_path / "missing.key"))
