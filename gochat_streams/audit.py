@@ -228,16 +228,25 @@ async def audit_session(settings: Any, service: str) -> AsyncIterator[AuditLog]:
     from . import topics
     from .kafka import producer_kwargs
 
+    from .logs import TEXT_FORMAT
+
     await topics.ensure_topics(settings, [topics.audit(settings)])
     producer = AIOKafkaProducer(**producer_kwargs(settings))
     await producer.start()
     audit = AuditLog(service, buffer_max=settings.audit_buffer_max)
     audit.start(producer_send(producer, topics.audit(settings).name))
+    # A command's log handler takes warnings only (the CLI's level): its audit lines get one of their own.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    log.addHandler(handler)
+    log.propagate = False
     try:
         yield audit
     finally:
         await audit.close(timeout_s=30.0)
         await producer.stop()
+        log.removeHandler(handler)
+        log.propagate = True
 
 
 def producer_send(producer: Any, topic: str) -> Send:
