@@ -39,12 +39,13 @@ integration: $(STAMP) $(KAFKA_STAMP) test-deps
 	$(BIN)/python -m pytest tests/integration
 
 # Debian packages the tests use: PostgreSQL (tests/pg.py starts a throwaway server),
-# promtool (in prometheus: deploy/prometheus rules), chromium (the ops page).
+# promtool (in prometheus: deploy/prometheus rules), chromium (the ops page), openssl (throwaway TLS CAs).
 test-deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	[ -z "$$missing" ] || { \
 		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && \

@@ -9,12 +9,14 @@ Faust uses an app's id as its consumer group, so the ids are the spec's
 from __future__ import annotations
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.types import TransportT
 
 from . import topics
+from .audit import AuditLog, producer_send
 from .compat import aiokafka as compat_aiokafka
 from .compat.aiokafka import track_topic
-from .kafka import faust_credentials
+from .kafka import faust_credentials, producer_kwargs
 from .logs import configure as configure_logging
 from .metrics import serve_metrics
 from .operator import check_listen, operator_middleware
@@ -33,9 +35,12 @@ class GochatApp(faust.App):
     partition count, and the tables would no longer match their streams.
     """
 
-    def __init__(self, settings: Settings, group_id: str, **options: object) -> None:
+    def __init__(self, settings: Settings, group_id: str, audit: AuditLog, **options: object) -> None:
         super().__init__(group_id, **options)
         self.gochat_settings = settings
+        #: The worker's audit chain (audit.py): group administration, operator reads.
+        self.audit = audit
+        self._audit_producer: AIOKafkaProducer | None = None
 
     # compat/aiokafka.py: why not Faust's own transport.
     def _new_transport(self) -> TransportT:
@@ -62,12 +67,27 @@ class GochatApp(faust.App):
         for table in self.tables.values():
             track_topic(producer, table.changelog_topic.get_topic_name())
         await producer.client.force_metadata_update()
+        # A producer of its own: Faust's stops the worker when the broker refuses a record
+        # (compat/aiokafka.py), and an audit event the broker refuses must wait, not crash.
+        self._audit_producer = AIOKafkaProducer(**producer_kwargs(self.gochat_settings))
+        await self._audit_producer.start()
+        self.audit.start(producer_send(self._audit_producer, topics.audit(self.gochat_settings).name))
+
+    async def on_stop(self) -> None:
+        await self.audit.close()
+        if self._audit_producer is not None:
+            await self._audit_producer.stop()
+        await super().on_stop()
 
 
 def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
+    # "im-logic-group" -> "logic"
+    audit = AuditLog(group.group_id.removeprefix(settings.namespace).removeprefix("im-").removesuffix("-group"),
+                     buffer_max=settings.audit_buffer_max)
     app = GochatApp(
         settings,
         group.group_id,
+        audit,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
@@ -96,7 +116,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         # Every route of the web server, Faust's own /table/ and /router/ views included,
         # and any view added later (operator.py). Faust forwards a table_route request
         # with the caller's headers, so the owner of the key checks the same token.
-        web_application_options={"middlewares": [operator_middleware(settings, LIVENESS_PATHS)]},
+        web_application_options={"middlewares": [operator_middleware(settings, LIVENESS_PATHS, audit, {"/metrics"})]},
     )
     serve_metrics(app, "faust_" + group.group_id.removeprefix(settings.namespace))
     return app

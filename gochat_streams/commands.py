@@ -13,6 +13,7 @@ from faust.cli import option
 
 from . import topics
 from .app import app, settings
+from .audit import audit_session, cli_identity, read_records, verify_chains
 from .codecs import decode_dead_letter
 from .gateway.tokens import InsecureKeyring, issue_token, keyring
 from .kafka import client_kwargs, partitions_of, producer_kwargs
@@ -102,13 +103,40 @@ async def dead_letters(self: faust.cli.AppCommand, service: str, replay: tuple[s
             "was too big to copy whole), so they are not the original records; nothing was sent")
     producer = AIOKafkaProducer(**producer_kwargs(settings))
     await producer.start()
+    operator, source = cli_identity()
     try:
-        sends = [
-            await producer.send(letter.source_topic, base64.b64decode(letter.value_b64),
-                                key=letter.key.encode() if letter.key is not None else None)
-            for letter in (chosen[p] for p in replay)
-        ]
-        for position, sent in zip(replay, await asyncio.gather(*sends)):
-            print(f"replayed {position} to {sent.topic}[{sent.partition}]@{sent.offset}")
+        async with audit_session(settings, "cli") as audit_log:
+            sends = [
+                await producer.send(letter.source_topic, base64.b64decode(letter.value_b64),
+                                    key=letter.key.encode() if letter.key is not None else None)
+                for letter in (chosen[p] for p in replay)
+            ]
+            for position, sent in zip(replay, await asyncio.gather(*sends)):
+                print(f"replayed {position} to {sent.topic}[{sent.partition}]@{sent.offset}")
+                audit_log.record(operator, "dead_letter.replay", f"{spec.name}@{position}", "success", source,
+                                 to=f"{sent.topic}[{sent.partition}]@{sent.offset}", reason=chosen[position].reason)
     finally:
         await producer.stop()
+
+
+@app.command(
+    faust.cli.argument("action", type=click.Choice(["verify"])),
+    option("--topic", default=None, help="The topic to check (default: the settings' im-audit-topic)."),
+)
+async def audit(self: faust.cli.AppCommand, action: str, topic: str | None) -> None:
+    """verify: check every audit chain on im-audit-topic; print each chain's first broken link, exit 1 if any."""
+    name = topic or topics.audit(settings).name
+    records = await read_records(settings, name)
+    result = verify_chains(records)
+    for chain in sorted(result.chains, key=lambda c: c.producer):
+        state = "ok    " if chain.broken is None else "BROKEN"
+        line = f"{state} {chain.producer}: {chain.events} events, seq 0-{chain.last_seq}"
+        print(line + (f"; first broken link {chain.broken}" if chain.broken else "")
+              + (f"; {chain.duplicates} written twice" if chain.duplicates else ""))
+    for problem in result.unreadable:
+        print(f"BROKEN {problem}")
+    broken = sum(c.broken is not None for c in result.chains) + len(result.unreadable)
+    print(f"{len(records)} records, {len(result.chains)} chains on {name}: "
+          + ("every chain is whole" if result.ok else f"{broken} broken"))
+    if not result.ok:
+        raise SystemExit(1)

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ DEV_ENV = {
     "GOCHAT_GROUP_REPLICAS": "1",
     "GOCHAT_DLQ_REPLICAS": "1",
     "GOCHAT_ALERT_REPLICAS": "1",
+    "GOCHAT_AUDIT_REPLICAS": "1",
     "GOCHAT_SESSION_TIMEOUT_S": "4",
     "GOCHAT_HEARTBEAT_INTERVAL_S": "0.5",
     "GOCHAT_REBALANCE_TIMEOUT_S": "2",
@@ -82,12 +84,13 @@ def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None,
+                  context: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1, context=context) as response:
             if response.status == 200:
                 return
         time.sleep(0.1)
@@ -414,7 +417,11 @@ class Stack:
     def start_gateway(self, name: str, env: Mapping[str, str], port: int, timeout: float = 90.0) -> subprocess.Popen:
         proc = self.spawn(name, [sys.executable, "-m", "gochat_streams", "gateway"],
                           {**env, "GOCHAT_GATEWAY_PORT": str(port)})
-        wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout, proc)
+        if certfile := env.get("GOCHAT_GATEWAY_TLS_CERTFILE"):
+            # Over TLS the probe trusts what the certificate file holds: the gateway's own chain.
+            wait_for_http(f"https://127.0.0.1:{port}/healthz", timeout, proc, ssl.create_default_context(cafile=certfile))
+        else:
+            wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout, proc)
         return proc
 
     def start_monitor(self, name: str, env: Mapping[str, str], port: int, timeout: float = 90.0) -> subprocess.Popen:

@@ -4,7 +4,8 @@
 keeps Faust's own formatter, which draws partition sets as tables); ``json`` writes one
 JSON object per line (time, level, logger, process, message, and the exception if any),
 for a log pipeline.
-A trace line (trace.py) is JSON already; in ``json`` format it is nested as ``trace``.
+A trace line (trace.py) is JSON already; in ``json`` format it is nested as ``trace``,
+and an audit event (audit.py) as ``audit``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.name == "gochat.trace":
             line["trace"] = json.loads(message)
+        elif record.name == "gochat.audit":
+            line["audit"] = json.loads(message)
         else:
             line["message"] = message
         if record.exc_info:

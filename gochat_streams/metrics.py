@@ -118,6 +118,22 @@ history_cache_errors = Counter(
     "gochat_history_cache_errors_total",
     "History reads that Redis failed and the message store served instead",
 )
+# Audit log (audit.py)
+audit_events = Counter(
+    "gochat_audit_events_total",
+    "Audit events recorded (logged, and queued for im-audit-topic unless unchained), by outcome",
+    ["service", "outcome"],
+)
+audit_write_failures = Counter(
+    "gochat_audit_write_failures_total",
+    "Failed attempts at writing queued audit events to im-audit-topic; they wait and are retried in order",
+    ["service"],
+)
+audit_events_unchained = Counter(
+    "gochat_audit_events_unchained_total",
+    "Audit events logged but left out of the chain and the topic: the queue for the broker was full",
+    ["service"],
+)
 
 
 def reject(where: str, reason: str, detail: object) -> None:

@@ -47,6 +47,7 @@ from .kafka import client_kwargs, producer_kwargs, topic_partitions
 from .metrics import consumer_lag, topic_records
 from .models import RuleAlert
 from .models.deadletters import Service
+from .audit import AuditLog, producer_send
 from .operator import check_listen, operator_headers, operator_middleware
 from .serving import cancel_all, serve
 from .settings import Settings
@@ -320,8 +321,10 @@ OPEN_PATHS = frozenset({"/healthz", "/"})
 
 
 def create_app(s: Settings) -> web.Application:
-    app = web.Application(middlewares=[operator_middleware(s, OPEN_PATHS)])
-    app.cleanup_ctx.append(lambda app: _running(app, s))
+    # /api/overview (counts, rates, lag) is what the ops page polls every 2 s, like /metrics.
+    audit = AuditLog("monitor", buffer_max=s.audit_buffer_max)
+    app = web.Application(middlewares=[operator_middleware(s, OPEN_PATHS, audit, {"/metrics", "/api/overview"})])
+    app.cleanup_ctx.append(lambda app: _running(app, s, audit))
     app.router.add_get("/", _ops_page)
     app.router.add_get("/api/overview", _overview)
     app.router.add_get("/metrics", _metrics)
@@ -329,12 +332,13 @@ def create_app(s: Settings) -> web.Application:
     return app
 
 
-async def _running(app: web.Application, s: Settings) -> AsyncIterator[None]:
+async def _running(app: web.Application, s: Settings, audit: AuditLog) -> AsyncIterator[None]:
     await topics.ensure_topics(s, topics.core(s))
     reader = OffsetReader(s)
     producer = AIOKafkaProducer(**producer_kwargs(s))
     await reader.start()
     await producer.start()
+    audit.start(producer_send(producer, topics.audit(s).name))
     thresholds = s.alert_thresholds()
     monitor = Monitor(s, reader, producer, Observations(thresholds), Alerting(thresholds))
     app[MONITOR] = monitor
@@ -342,6 +346,7 @@ async def _running(app: web.Application, s: Settings) -> AsyncIterator[None]:
              asyncio.create_task(monitor.tail_alerts(), name="alert-tail")]
     yield
     await cancel_all(tasks)
+    await audit.close()
     await producer.stop()
     await reader.stop()
 

@@ -17,6 +17,7 @@ from collections.abc import Collection
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .audit import AuditLog
 from .settings import Settings
 
 #: What a refused request is told to send (RFC 6750).
@@ -61,17 +62,33 @@ def check_operator(request: web.Request, settings: Settings) -> None:
         raise web.HTTPUnauthorized(text="operator token required", headers=CHALLENGE)
 
 
-def operator_middleware(settings: Settings, open_paths: Collection[str] = ()) -> Middleware:
+def operator_middleware(settings: Settings, open_paths: Collection[str] = (), audit: AuditLog | None = None,
+                        polled_paths: Collection[str] = ()) -> Middleware:
     """Guards every route of an aiohttp app, so a route added later is guarded too.
 
     ``open_paths``: liveness checks that leak nothing, left open for load balancers.
+    ``audit``: records every refused request and every read, but the reads of
+    ``polled_paths``: numbers that machines poll every few seconds (``/metrics``), where
+    an event per scrape would bury the reads of users' data.
     """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in open_paths:
+        if request.path in open_paths:
+            return await handler(request)
+        try:
             check_operator(request, settings)
-        return await handler(request)
+        except web.HTTPException as refused:
+            if audit is not None:
+                audit.record(None, "operator.read", request.path, "denied", request.remote, method=request.method,
+                             status=refused.status, reason=refused.text)
+            raise
+        response = await handler(request)
+        if audit is not None and request.path not in polled_paths:
+            # With a token, whoever holds it; without, anyone on this host.
+            audit.record("operator" if settings.operator_token else "loopback", "operator.read", request.path,
+                         "success", request.remote, method=request.method, status=response.status)
+        return response
 
     return middleware
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 
 from aiohttp import web
 
@@ -15,13 +16,14 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def serve(app: web.Application, settings: Settings, host: str, port: int, what: str) -> None:
-    """Serve ``app`` on ``host:port`` until a signal, then run its cleanup (sockets, Kafka clients)."""
+async def serve(app: web.Application, settings: Settings, host: str, port: int, what: str,
+                ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve ``app`` on ``host:port`` (TLS only, with ``ssl_context``) until a signal, then run its cleanup."""
     configure_logging(settings, own_handler=True)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("%s listening on http://%s:%s", what, host, port)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    log.info("%s listening on %s://%s:%s", what, "https" if ssl_context else "http", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -205,6 +205,19 @@ class Settings(BaseSettings):
     alert_error_window_s: float = Field(300, gt=0)
     alert_error_for_s: float = Field(300, ge=0)
 
+    # Audit log and gateway TLS (issue 15, audit: audit.py, gateway/server.py)
+    #: im-audit-topic, keyed by the process that writes: a process's hash chain stays on one partition.
+    audit_partitions: int = Field(3, ge=1)
+    audit_replicas: int = Field(3, ge=1)
+    audit_retention_ms: int = 365 * DAY_MS
+    #: Audit events a process holds while the broker does not take them; beyond, an event
+    #: is only logged, and the chain says how many were left out (audit.py).
+    audit_buffer_max: int = Field(10_000, ge=1)
+    #: PEM certificate (chain) and private key: set both and the gateway serves https:// and
+    #: wss:// only (a plain-http client is refused at the handshake); set neither for plain http.
+    gateway_tls_certfile: Path | None = None
+    gateway_tls_keyfile: Path | None = None
+
     def alert_thresholds(self) -> AlertThresholds:
         return AlertThresholds(
             lag_threshold=self.alert_lag_threshold, lag_for_s=self.alert_lag_for_s,

@@ -13,6 +13,7 @@ im-task-topic                  task_type         Task                      5    
 im-upstream-dlq                source key        DeadLetter                3    3  14 d      (operators)
 im-task-dlq                    source key        DeadLetter                3    3  14 d      (operators)
 im-alert-topic                 reason            Alert                     1    3  7 d       (alerting)
+im-audit-topic                 producer id       audit event               3    3  365 d     (operators)
 ============================== ================= ======================= ==== ==== ========= =================
 
 Every topic is lz4 and has a ``min.insync.replicas`` of its own (:func:`min_insync_replicas`):
@@ -60,6 +61,7 @@ DOWNSTREAM_PREFIX = "im-downstream-topic-"
 UPSTREAM_DLQ = "im-upstream-dlq"
 TASK_DLQ = "im-task-dlq"
 ALERT = "im-alert-topic"
+AUDIT = "im-audit-topic"
 
 DOWNSTREAM_SEQ = "gochat-seq"
 DOWNSTREAM_CONNECTION = "gochat-connection"
@@ -145,13 +147,19 @@ def alert(s: Settings) -> TopicSpec:
     return _spec(s, s.namespace + ALERT, "reason", "Alert", 1, s.alert_replicas, s.alert_retention_ms)
 
 
+def audit(s: Settings) -> TopicSpec:
+    """Keyed by the writing process's producer id: its hash chain stays in order on one partition (audit.py)."""
+    return _spec(s, s.namespace + AUDIT, "producer id", "audit event", s.audit_partitions, s.audit_replicas,
+                 s.audit_retention_ms)
+
+
 def downstream_name(s: Settings, gateway_id: str) -> str:
     return f"{s.namespace}{DOWNSTREAM_PREFIX}{gateway_id}"
 
 
 def core(s: Settings) -> list[TopicSpec]:
     """The topics that exist before any gateway starts."""
-    return [upstream(s), group(s), user(s), task(s), upstream_dlq(s), task_dlq(s), alert(s)]
+    return [upstream(s), group(s), user(s), task(s), upstream_dlq(s), task_dlq(s), alert(s), audit(s)]
 
 
 @dataclass(frozen=True)

@@ -105,9 +105,12 @@ def _check_loaded(dom: str, url: str) -> None:
         raise BrowserError(f"chromium could not load {url}: {code.group(1) if code else 'network error'}")
 
 
-def rendered_dom(url: str, *, wait_ms: int = 5000) -> str:
-    """The page's DOM, serialized as HTML, after ``wait_ms`` of (virtual) time of running its scripts."""
-    dom = _chromium(url, wait_ms, "--dump-dom")
+def rendered_dom(url: str, *, wait_ms: int = 5000, flags: tuple[str, ...] = ()) -> str:
+    """The page's DOM, serialized as HTML, after ``wait_ms`` of (virtual) time of running its scripts.
+
+    ``flags``: more Chromium switches (a test's certificate pin, say).
+    """
+    dom = _chromium(url, wait_ms, "--dump-dom", *flags)
     _check_loaded(dom, url)
     return dom
 

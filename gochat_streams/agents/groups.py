@@ -52,13 +52,33 @@ def _fan_out(group_id: str, outcome: Outcome) -> list[Outgoing]:
     return out
 
 
+def _audit(message: UpstreamMessage, group_id: str, outcome: Outcome | None, refused: Refused | None) -> None:
+    """One audit event per group or conversation administration, applied or refused (audit.py)."""
+    action = "conversation.create" if message.message_type == "system_conversation" \
+        else f"group.{message.metadata.get('action')}"
+    details: dict[str, object] = {"message_id": message.message_id}
+    if (subject := message.metadata.get("invitee_id")) is not None:
+        details["subject"] = subject
+    if outcome is not None and outcome.membership is not None:
+        details.update(added=outcome.membership.added, removed=outcome.membership.removed)
+    if refused is not None:
+        details.update(code=refused.code, reason=refused.detail)
+    # The worker sees no client address: the gateway that took the message and stamped its sender.
+    app.audit.record(message.from_user_id, action, group_id, "denied" if refused else "success",
+                     f"gateway:{message.gateway_id}", **details)
+
+
 def _on_message(message: UpstreamMessage) -> list[Outgoing]:
     group_id = target_id(message)
+    administration = message.message_type not in USER_MESSAGE_TYPES
     try:
         outcome = apply(groups.get(group_id), message)
     except Refused as refused:
+        if administration:
+            _audit(message, group_id, None, refused)
         return _refuse(message, refused)
-    if message.message_type not in USER_MESSAGE_TYPES:
+    if administration:
+        _audit(message, group_id, outcome, None)
         if outcome.state is not None:
             groups[group_id] = outcome.state
         elif group_id in groups:

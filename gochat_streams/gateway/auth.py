@@ -12,14 +12,20 @@ import logging
 import re
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
 
+from ..audit import AuditLog
 from .keys import KEYRING
-from .tokens import Claims, InvalidToken, verify_token
+from .tokens import Claims, InvalidToken, claimed_user_id, verify_token
 
 #: The WebSocket subprotocol of the gateway's frames: a client offering subprotocols offers this one.
 PROTOCOL = "gochat"
 #: Prefix of the subprotocol that carries a token.
 TOKEN_PROTOCOL_PREFIX = "token."
+#: Where :func:`verified` keeps the request's user, for the audit log of a later refusal (403).
+_USER = "gochat.user_id"
+#: What a refused request to each route was trying, in the audit log's words.
+_ACTIONS = {"/ws": "login", "/history": "history.read", "/metrics": "operator.read"}
 
 
 def offered_protocols(request: web.Request) -> list[str]:
@@ -42,14 +48,42 @@ def verified(request: web.Request) -> Claims:
     if not token:
         raise web.HTTPUnauthorized(text="missing token: send Authorization: Bearer TOKEN")
     try:
-        return verify_token(token, request.app[KEYRING])
+        claims = verify_token(token, request.app[KEYRING])
     except InvalidToken as exc:
         raise web.HTTPUnauthorized(text=str(exc)) from None
+    request[_USER] = claims.user_id
+    return claims
 
 
 def authenticate(request: web.Request) -> str:
     """The token's user, or 401."""
     return verified(request).user_id
+
+
+def audit_refusals(audit: AuditLog) -> Middleware:
+    """Records every 401 and 403 the gateway answers (refused logins, history reads, operator reads).
+
+    The actor is the verified user (a 403), else the user a refused token claims to be
+    (``claimed``: not verified), else anonymous; the reason is the answer's text, which
+    names what failed, never the token.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as refused:
+            if refused.status in (401, 403):
+                user_id, claimed = request.get(_USER), None
+                if user_id is None and (token := _token(request)):
+                    user_id = claimed = claimed_user_id(token)
+                target = request.query.get("conversation_id", request.path) if request.path == "/history" \
+                    else request.path
+                audit.record(user_id, _ACTIONS.get(request.path, "http.request"), target, "denied", request.remote,
+                             status=refused.status, reason=refused.text, claimed=claimed is not None)
+            raise
+
+    return middleware
 
 
 class RedactTokens(logging.Filter):

@@ -1,7 +1,8 @@
 """``GET /history``: a conversation's recent messages, for its readers; the store and cache it reads.
 
 A single chat is read by its two users; a group or conversation by its current members,
-from the message that made them members on (store/base.py: ``reader_since``).
+from the message that made them members on (store/base.py: ``reader_since``). Every read
+is audited: here when served, by auth.audit_refusals when refused.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..history import RecentMessages
 from ..models.common import Id
 from ..store import open_store
 from .auth import authenticate
-from .keys import RECENT, SETTINGS, STORE
+from .keys import AUDIT, RECENT, SETTINGS, STORE
 
 _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
 
@@ -50,6 +51,8 @@ async def history(request: web.Request) -> web.Response:
     if since_seq is None:
         raise web.HTTPForbidden(text=f"{user_id} may not read {conversation_id}")
     messages = await request.app[RECENT].get(conversation_id, limit, since_seq)
+    request.app[AUDIT].record(user_id, "history.read", conversation_id, "success", request.remote, limit=limit,
+                              messages=len(messages))
     return web.json_response(
         {"conversation_id": conversation_id,
          "messages": [m.to_downstream().model_dump(mode="json") for m in messages]},

@@ -8,6 +8,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from ..alerting import Observations
+from ..audit import AuditLog
 from ..history import RecentMessages
 from ..settings import Settings
 from ..store import MessageStore
@@ -28,3 +29,5 @@ LATENCIES = web.AppKey("latencies", Observations)
 RECENT = web.AppKey("recent", RecentMessages)
 #: The keys that sign and verify client tokens (tokens.py).
 KEYRING = web.AppKey("keyring", Keyring)
+#: This gateway's audit chain (audit.py): logins, refusals, history reads.
+AUDIT = web.AppKey("audit", AuditLog)

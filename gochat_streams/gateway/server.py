@@ -29,6 +29,7 @@ from aiokafka.structs import ConsumerRecord
 from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..alerting import Alerting, Observations
+from ..audit import AuditLog, producer_send
 from ..compat.aiokafka import drain_whole_nodes, track_topic
 from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
@@ -41,10 +42,11 @@ from ..routing import addressing_error
 from ..serving import cancel_all, serve
 from ..settings import Settings
 from ..trace import hop
-from .auth import PROTOCOL, RedactTokens, offered_protocols, verified
+from .auth import PROTOCOL, RedactTokens, audit_refusals, offered_protocols, verified
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
-from .keys import HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .keys import AUDIT, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .tls import tls_context
 from .tokens import InsecureKeyring, keyring
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,10 @@ _ERROR_CODES: dict[str, ErrorCode] = {
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway app; :class:`tokens.InsecureKeyring` if its token keys must not be run with."""
-    app = web.Application()
+    audit = AuditLog("gateway", buffer_max=settings.audit_buffer_max)
+    app = web.Application(middlewares=[audit_refusals(audit)])
     app[SETTINGS] = settings
+    app[AUDIT] = audit
     app[KEYRING] = keyring(settings)
     app[HUB] = Hub(settings.max_sockets_per_user)
     app[READY] = asyncio.Event()
@@ -87,10 +91,13 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
     app[PRODUCER] = producer
+    track_topic(producer, topics.audit(s).name)
+    app[AUDIT].start(producer_send(producer, topics.audit(s).name))
     tasks = [asyncio.create_task(_consume_downstream(app), name="downstream-consumer"),
              asyncio.create_task(_alert_on_latency(app), name="latency-alert")]
     yield
     await cancel_all(tasks)
+    await app[AUDIT].close()
     await producer.stop()
 
 
@@ -286,6 +293,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     conn = Connection(user_id, uuid.uuid4().hex, ws, TokenBucket(s.max_frames_per_s, s.max_frames_burst),
                       SendLimits(s.ws_send_queue_max, s.inbox_max_pending, s.ws_send_timeout_s), request.transport)
+    app[AUDIT].record(user_id, "login", "/ws", "success", request.remote, connection_id=conn.connection_id,
+                      expires_at=claims.expires_at)
     hub = app[HUB]
     writer = asyncio.create_task(conn.write(), name=f"writer-{conn.connection_id}")
     expiry = asyncio.get_running_loop().call_later(max(0.0, claims.expires_at - time.time()), conn.close,
@@ -440,8 +449,9 @@ async def run(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM, then close sockets and Kafka clients."""
     try:
         app = create_app(settings)
-    except InsecureKeyring as exc:
+        ssl_context = tls_context(settings)
+    except (InsecureKeyring, ValueError, OSError) as exc:
         raise SystemExit(f"gateway not started: {exc}") from None
     logging.getLogger("aiohttp.access").addFilter(RedactTokens())
     await serve(app, settings, settings.gateway_host, settings.gateway_port,
-                f"gateway {settings.gateway_id}")
+                f"gateway {settings.gateway_id}", ssl_context)

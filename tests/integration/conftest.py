@@ -106,7 +106,7 @@ class Cluster:
         self.gateways[gateway_id] = self.stack.start_gateway(
             f"gateway-{gateway_id}", {**self.env, "GOCHAT_GATEWAY_ID": gateway_id}, port, timeout=WAIT_S
         )
-        return f"http://127.0.0.1:{port}"
+        return f"{'https' if 'GOCHAT_GATEWAY_TLS_CERTFILE' in self.env else 'http'}://127.0.0.1:{port}"
 
     def start_monitor(self, gateways: list[str]) -> str:
         port = free_port()

@@ -54,12 +54,13 @@ async def test_every_topic_has_the_spec_configs_on_the_brokers(cluster3: Cluster
         f"{s.namespace}im-user-topic": (10, 3), f"{s.namespace}im-task-topic": (5, 3),
         f"{s.namespace}im-upstream-dlq": (3, 3), f"{s.namespace}im-task-dlq": (3, 3),
         f"{s.namespace}im-alert-topic": (1, 3), f"{s.namespace}im-downstream-topic-gw1": (3, 2),
+        f"{s.namespace}im-audit-topic": (3, 3),
         f"{logic_id}-presence-changelog": (10, 3), f"{logic_id}-inbox-changelog": (10, 3),
         f"{logic_id}-groups-changelog": (10, 3),
     }
     assert [expected[f"{s.namespace}{name}"][2]["retention.ms"] for name in
-            ("im-upstream-topic", "im-downstream-topic-gw1", "im-task-topic")] == [
-        str(7 * DAY_MS), str(1 * DAY_MS), str(3 * DAY_MS)]
+            ("im-upstream-topic", "im-downstream-topic-gw1", "im-task-topic", "im-audit-topic")] == [
+        str(7 * DAY_MS), str(1 * DAY_MS), str(3 * DAY_MS), str(365 * DAY_MS)]
     for broker_topic in (OFFSETS_TOPIC, TRANSACTIONS_TOPIC):
         # Partitions: the broker's own settings.
         expected[broker_topic] = (None, 3, {"min.insync.replicas": "2", "cleanup.policy": "compact"})

@@ -1,10 +1,12 @@
 import asyncio
+import json
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pydantic import SecretStr, ValidationError
 
+from gochat_streams.audit import AuditLog
 from gochat_streams.operator import (ListenRefused, check_listen, check_operator, is_loopback, operator_headers,
                                      operator_middleware)
 from gochat_streams.settings import Settings
@@ -88,3 +90,32 @@ async def test_the_middleware_guards_every_route_but_the_open_ones() -> None:
         assert (await reader.readline()).startswith(b"HTTP/1.1 401")
         writer.close()
         await writer.wait_closed()
+
+
+async def test_the_middleware_audits_refusals_and_reads_but_not_the_polled_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    audit = AuditLog("logic", producer_id="p")
+    settings = Settings(operator_token=SecretStr(TOKEN))
+    app = web.Application(middlewares=[operator_middleware(settings, {"/health/"}, audit, {"/metrics"})])
+    for path in ("/health/", "/metrics", "/users/{user_id}/"):
+        app.router.add_get(path, ok)
+    authorized = {"Authorization": f"Bearer {TOKEN}"}
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/health/")).status == 200
+        assert (await client.get("/metrics", headers=authorized)).status == 200
+        assert (await client.get("/users/alice/", headers={"Authorization": "Bearer wrong"})).status == 401
+        assert (await client.get("/users/alice/", headers=authorized)).status == 200
+        assert (await client.get("/metrics")).status == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "gochat.audit"]
+    events = [json.loads(line) for line in lines]
+    assert [(e["actor"], e["action"], e["target"], e["outcome"], e["source"], e["details"]["status"])
+            for e in events] == [
+        ("anonymous", "operator.read", "/users/alice/", "denied", "127.0.0.1", 401),
+        ("operator", "operator.read", "/users/alice/", "success", "127.0.0.1", 200),
+        ("anonymous", "operator.read", "/metrics", "denied", "127.0.0.1", 401),
+    ]
+    assert audit.pending == len(events)  # each also queued for the topic
+    assert all(TOKEN not in line and "wrong" not in line for line in lines)

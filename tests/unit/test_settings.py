@@ -14,7 +14,7 @@ def test_defaults_are_the_spec_table(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [(t.name, t.partitions, t.replicas, t.retention_ms // 86_400_000) for t in topics.core(s)] == [
         ("im-upstream-topic", 10, 3, 7), ("im-group-topic", 10, 3, 1), ("im-user-topic", 10, 3, 1),
         ("im-task-topic", 5, 3, 3), ("im-upstream-dlq", 3, 3, 14), ("im-task-dlq", 3, 3, 14),
-        ("im-alert-topic", 1, 3, 7),
+        ("im-alert-topic", 1, 3, 7), ("im-audit-topic", 3, 3, 365),
     ]
     down = topics.downstream(s, "gateway_001")
     assert (down.name, down.partitions, down.replicas, down.retention_ms // 86_400_000) == (

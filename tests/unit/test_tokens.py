@@ -4,7 +4,8 @@ import pytest
 
 from gochat_streams.gateway.server import create_app
 from gochat_streams.gateway.tokens import (
-    Claims, InsecureKeyring, InvalidToken, Keyring, _b64, _signature, issue_token, keyring, verify_token,
+    Claims, InsecureKeyring, InvalidToken, Keyring, _b64, _signature, claimed_user_id, issue_token, keyring,
+    verify_token,
 )
 from gochat_streams.settings import DEV_AUTH_SECRET, Settings
 
@@ -107,3 +108,10 @@ def test_a_token_names_a_user_id_or_is_neither_issued_nor_accepted(user_id: str)
     forged_by_a_key_holder = f"{signed}.{_signature(KEYS.keys[KEYS.signing_key_id], signed)}"
     with pytest.raises(InvalidToken, match="not a user id"):
         verify_token(forged_by_a_key_holder, KEYS)
+
+
+def test_the_user_a_token_claims_is_read_without_verifying_for_the_audit_log() -> None:
+    forged = issue_token("alice", Keyring.single("some other secret"), 60)
+    assert claimed_user_id(forged) == "alice"
+    for garbage in ("", "x", "a.!!!.1.s", f"a.{_b64(b'not a user:')}.1.s"):
+        assert claimed_user_id(garbage) is None

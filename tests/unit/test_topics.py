@@ -18,7 +18,7 @@ def test_every_topic_of_three_replicas_has_a_min_insync_of_two() -> None:
     s = Settings(namespace="")
     assert {t.name: t.config["min.insync.replicas"] for t in topics.core(s)} == {
         "im-upstream-topic": "2", "im-group-topic": "2", "im-user-topic": "2", "im-task-topic": "2",
-        "im-upstream-dlq": "2", "im-task-dlq": "2", "im-alert-topic": "2",
+        "im-upstream-dlq": "2", "im-task-dlq": "2", "im-alert-topic": "2", "im-audit-topic": "2",
     }
     assert topics.downstream(s, "g1").config["min.insync.replicas"] == "1"
 
