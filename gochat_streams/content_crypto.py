@@ -177,6 +177,11 @@ def sealed_length(plain_bytes: int, key_id_chars: int = 32) -> int:
     return len(SEALED_PREFIX) + key_id_chars + 1 + b64(NONCE_BYTES) + 1 + b64(plain_bytes + _TAG_BYTES)
 
 
+def max_sealed_chars(settings: Settings) -> int:
+    """The longest sealed content a gateway sends and the logic service takes: a frame's worth."""
+    return sealed_length(settings.max_frame_bytes)
+
+
 # The keyring's sources: settings, or a key file that ``keys rotate`` writes.
 
 def read_key_file(path: Path) -> tuple[dict[str, str], str | None]:

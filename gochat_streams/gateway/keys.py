@@ -8,6 +8,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from ..alerting import Observations
+from ..content_crypto import ContentKeyring
 from ..history import RecentMessages
 from ..settings import Settings
 from ..store import MessageStore
@@ -28,3 +29,6 @@ LATENCIES = web.AppKey("latencies", Observations)
 RECENT = web.AppKey("recent", RecentMessages)
 #: The keys that sign and verify client tokens (tokens.py).
 KEYRING = web.AppKey("keyring", Keyring)
+#: The keys that seal message content before it enters Kafka and open it for recipients
+#: (content_crypto.py); None when content encryption is turned off.
+CONTENT_KEYS: web.AppKey[ContentKeyring | None] = web.AppKey("content_keys")

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from gochat_streams.codecs import DecodeError, decode_upstream
 from gochat_streams.content_crypto import (
     ContentKeyring,
     ContentKeysMissing,
     UnopenedContent,
     content_keyring,
+    max_sealed_chars,
     new_key,
     open_message,
     read_key_file,
@@ -21,6 +23,8 @@ from gochat_streams.content_crypto import (
     sealed_length,
     write_key_file,
 )
+from gochat_streams.gateway.keys import CONTENT_KEYS
+from gochat_streams.gateway.server import create_app
 from gochat_streams.models import CLIENT_FRAME_ADAPTER, UpstreamMessage
 from gochat_streams.settings import DEV_CONTENT_KEY, Settings
 
@@ -149,3 +153,24 @@ def test_the_development_key_is_refused_outside_dev_mode() -> None:
     with pytest.raises(ContentKeysMissing, match="built-in development key"):
         content_keyring(Settings(content_keys={"dev": DEV_CONTENT_KEY}))
     assert content_keyring(Settings(content_keys={"dev": DEV_CONTENT_KEY}, dev_mode=True)) is not None
+
+
+def test_a_gateway_does_not_start_without_content_keys_unless_encryption_is_turned_off() -> None:
+    secret = "x" * 32
+    with pytest.raises(ContentKeysMissing, match="GOCHAT_CONTENT_ENCRYPTION_DISABLED=1"):
+        create_app(Settings(auth_secret=secret))
+    assert create_app(Settings(auth_secret=secret, content_encryption_disabled=True))[CONTENT_KEYS] is None
+    assert create_app(Settings(auth_secret=secret, content_keys={"k1": new_key()}))[CONTENT_KEYS] is not None
+
+
+def test_the_logic_service_bounds_sealed_content_by_the_frame_not_the_character_limit() -> None:
+    settings = Settings(max_content_chars=100, max_frame_bytes=4096)
+    sealed = seal(RING, _message(message_type="text", content="x" * 100, metadata={"format": "plain"}))
+    assert len(sealed.content) > 100
+    raw = sealed.model_dump_json().encode()
+    assert decode_upstream(raw, max_content_chars=100, max_sealed_chars=max_sealed_chars(settings)) == sealed
+    too_long = sealed.model_copy(update={"content": sealed.content + "A" * max_sealed_chars(settings)})
+    with pytest.raises(DecodeError) as caught:
+        decode_upstream(too_long.model_dump_json().encode(), max_content_chars=100,
+                        max_sealed_chars=max_sealed_chars(settings))
+    assert caught.value.reason == "oversize"
