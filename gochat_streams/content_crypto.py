@@ -33,6 +33,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .models.messages import SEALED_PREFIX, USER_MESSAGE_TYPES, is_sealed
 from .settings import DEV_CONTENT_KEY, ContentKeyId, Settings
+from .store import MessageStore
 
 #: The envelope's version and algorithm; the first field of every envelope.
 ENVELOPE_VERSION = SEALED_PREFIX.removesuffix(".")
@@ -239,3 +240,41 @@ def content_keyring(settings: Settings) -> ContentKeyring | None:
         return ContentKeyring(keys, current)
     except ValidationError:
         raise ContentKeysMissing(f"content key ids are letters, digits, _ and - (at most 32): {sorted(keys)}") from None
+
+
+@dataclass
+class Reencrypted:
+    """What :func:`reencrypt` did to a store's history."""
+
+    #: Messages sealed again under the current key (clear ones sealed for the first time).
+    rewritten: int = 0
+    #: Messages already under the current key.
+    current: int = 0
+    #: Messages that did not open, left as they were: the keys they need must not be retired.
+    undecryptable: list[str] = field(default_factory=list)
+    #: The conversations whose stored history changed (their cached lists are stale).
+    conversations: set[str] = field(default_factory=set)
+
+
+async def reencrypt(store: MessageStore, keys: ContentKeyring, *, batch: int = 500) -> Reencrypted:
+    """Seal every stored user message under the current key, so that older keys can be retired.
+
+    Batch by batch, each in one transaction; safe to run while the task service writes (new
+    messages come sealed already) and to run again after an interruption.
+    """
+    done, after = Reencrypted(), 0
+    while messages := await store.user_messages(after, batch):
+        after = messages[-1].seq
+        rewritten = []
+        for m in messages:
+            if key_id_of(m.content) == keys.current:
+                done.current += 1
+                continue
+            try:
+                rewritten.append(seal(keys, open_message(keys, m)))
+            except UnopenedContent as exc:
+                done.undecryptable.append(f"{m.from_user_id}/{m.message_id} ({exc.reason})")
+        await store.rewrite(rewritten)
+        done.rewritten += len(rewritten)
+        done.conversations.update(m.conversation_id for m in rewritten)
+    return done
