@@ -30,19 +30,14 @@ from .. import topics
 from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
 from ..alerting import Alerting, Observations
 from ..compat.aiokafka import drain_whole_nodes, track_topic
-from ..content_crypto import (
-    ContentKeysMissing,
-    UnopenedContent,
-    content_keyring,
-    max_sealed_chars,
-    open_message,
-    seal,
-)
+from ..content_crypto import ContentKeysMissing, UnopenedContent, content_keyring, max_sealed_chars, open_message, seal
+from ..metrics import content_undecryptable
 from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, producer_kwargs
-from ..metrics import content_undecryptable, count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
+from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
+from ..models.messages import USER_MESSAGE_TYPES
 from ..monitor import publish_rule_alerts
 from ..operator import check_operator
 from ..routing import addressing_error
@@ -52,7 +47,8 @@ from ..trace import hop
 from .auth import PROTOCOL, RedactTokens, offered_protocols, verified
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
-from .keys import CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .keys import CONTENT_KEYS
+from .keys import HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
 from .tokens import InsecureKeyring, keyring
 
 log = logging.getLogger(__name__)
@@ -400,7 +396,9 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
         from_user_id=user_id,
         to_user_id=message.to_user_id,
         conversation_id=conversation_id,
-        content=message.content,
+        # A system message's text is the logic service's, written from ids (conversations.py):
+        # the client's is dropped here rather than carried in clear.
+        content=message.content if message.message_type in USER_MESSAGE_TYPES else "",
         message_type=message.message_type,
         metadata=message.metadata,
         gateway_id=s.gateway_id,
