@@ -112,7 +112,8 @@ def seal_content(keys: ContentKeyring, message_type: str, conversation_id: str, 
     plain = json.dumps({"content": content, "metadata": metadata}, ensure_ascii=False, separators=(",", ":"))
     sealed = keys.ciphers[keys.current].encrypt(
         nonce, plain.encode(), _associated_data(keys.current, message_type, conversation_id, from_user_id, message_id))
-    return ".".join((ENVELOPE_VERSION, keys.current, base64.b64encode(nonce).decode(), base64.b64encode(sealed).decode()))
+    return ".".join((ENVELOPE_VERSION, keys.current, base64.b64encode(nonce).decode(),
+                     base64.b64encode(sealed).decode()))
 
 
 def open_content(keys: ContentKeyring, message_type: str, conversation_id: str, from_user_id: str,
@@ -196,7 +197,8 @@ def read_key_file(path: Path) -> tuple[dict[str, str], str | None]:
         raise ContentKeysMissing(f"content key file {path} does not exist (`python -m gochat_streams keys rotate` "
                                  "creates it)") from None
     except (ValueError, KeyError, TypeError):
-        raise ContentKeysMissing(f"content key file {path} is not {{\"current\": id, \"keys\": {{id: base64}}}}") from None
+        raise ContentKeysMissing(
+            f"content key file {path} is not {{\"current\": id, \"keys\": {{id: base64}}}}") from None
     return keys, current
 
 

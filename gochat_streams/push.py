@@ -42,7 +42,7 @@ def opened_notice(keys: ContentKeyring | None, notice: OfflinePushPayload) -> Of
         return notice
     try:
         if keys is None:
-            raise UnopenedContent("unknown_key", f"message {notice.message_id} is sealed and there is no content keyring")
+            raise UnopenedContent("unknown_key", f"message {notice.message_id} is sealed; there is no content keyring")
         text, _ = open_content(keys, "text", notice.conversation_id, notice.from_user_id, notice.message_id,
                                notice.content)
     except UnopenedContent as exc:
@@ -63,7 +63,8 @@ class OutboxPusher:
         self._lock = asyncio.Lock()
 
     async def push(self, notice: OfflinePushPayload) -> None:
-        line = json.dumps({**notice.model_dump(mode="json", exclude_none=True), "pushed_at": now_ms()}, ensure_ascii=False) + "\n"
+        line = json.dumps({**notice.model_dump(mode="json", exclude_none=True), "pushed_at": now_ms()},
+                          ensure_ascii=False) + "\n"
         # Shielded: a cancelled caller must not release the lock while its line is still
         # being written (the line is then written, though push raised CancelledError).
         await asyncio.shield(self._write(line))

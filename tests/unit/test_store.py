@@ -326,5 +326,6 @@ async def test_reencrypt_seals_all_history_under_the_newest_key_so_the_old_one_c
     # With k1 retired, everything but the orphan still reads, as it was.
     opened = {m.message_id: open_message(retired, m) for m in stored if m.message_id != "orphan"}
     assert [opened[f"m{i}"].content for i in range(5)] == [f"secret text {i}" for i in range(5)]
-    assert (opened["loc"].content, opened["loc"].metadata) == ("北京市朝阳区", {"latitude": 39.9042, "longitude": 116.4074})
+    assert (opened["loc"].content, opened["loc"].metadata) == (
+        "北京市朝阳区", {"latitude": 39.9042, "longitude": 116.4074})
     assert (await reencrypt(store, retired)).rewritten == 0
