@@ -166,7 +166,7 @@ async def _redis_bytes(cluster: Cluster) -> bytes:
 async def _undecryptable_count(gateway: str) -> float:
     async with aiohttp.ClientSession() as http, http.get(f"{gateway}/metrics") as response:
         text = await response.text()
-    found = re.search(r'^gochat_content_undecryptable_total\{service="gateway",reason="unknown_key"\} (\S+)$', text,
+    found = re.search(r'^gochat_content_undecryptable_total\{reason="unknown_key",service="gateway"\} (\S+)$', text,
                       re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
