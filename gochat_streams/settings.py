@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -196,6 +197,12 @@ class Settings(BaseSettings):
     #: Message content travels and is stored in clear. Without keys a gateway refuses to start
     #: unless this is set: encryption is on by default.
     content_encryption_disabled: bool = False
+
+    @field_validator("content_keys", mode="before")
+    @classmethod
+    def _content_keys_json(cls, value: object) -> object:
+        # As the environment gives it, also when passed in (the dev stack builds Settings from DEV_ENV).
+        return json.loads(value) if isinstance(value, str) else value
 
     # Monitor (gochat_streams/monitor.py): lag, throughput, the alert rules, the ops page
     monitor_host: str = "127.0.0.1"

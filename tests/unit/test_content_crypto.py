@@ -23,6 +23,7 @@ from gochat_streams.content_crypto import (
     sealed_length,
     write_key_file,
 )
+from gochat_streams.devstack import DEV_ENV
 from gochat_streams.gateway.keys import CONTENT_KEYS
 from gochat_streams.gateway.server import create_app
 from gochat_streams.models import CLIENT_FRAME_ADAPTER, UpstreamMessage
@@ -174,3 +175,9 @@ def test_the_logic_service_bounds_sealed_content_by_the_frame_not_the_character_
         decode_upstream(too_long.model_dump_json().encode(), max_content_chars=100,
                         max_sealed_chars=max_sealed_chars(settings))
     assert caught.value.reason == "oversize"
+
+
+def test_the_dev_stack_builds_its_settings_from_dev_env() -> None:
+    env = {k[len("GOCHAT_"):].lower(): v for k, v in DEV_ENV.items()}
+    ring = content_keyring(Settings(**env))
+    assert ring is not None and ring.current == "dev"
