@@ -24,6 +24,7 @@ from .models import (
     UpstreamMessage,
     UserEvent,
 )
+from .models.messages import is_sealed
 
 DecodeReason = Literal["malformed_json", "invalid_schema", "unknown_type", "missing_field", "oversize"]
 
@@ -77,10 +78,13 @@ def decode(adapter: TypeAdapter[_M], data: bytes | str, *, max_bytes: int = MAX_
         raise DecodeError(_reason(exc), _describe(exc)) from None
 
 
-def decode_upstream(data: bytes, *, max_content_chars: int) -> UpstreamMessage:
+def decode_upstream(data: bytes, *, max_content_chars: int, max_sealed_chars: int) -> UpstreamMessage:
+    """``max_sealed_chars``: the longest sealed content (content_crypto.sealed_length), which
+    holds the metadata too; it is checked, unread, as a clear one is."""
     message = decode(_UPSTREAM_ADAPTER, data)
-    if len(message.content) > max_content_chars:
-        raise DecodeError("oversize", f"content is {len(message.content)} characters, limit {max_content_chars}")
+    limit = max_sealed_chars if is_sealed(message.message_type, message.content) else max_content_chars
+    if len(message.content) > limit:
+        raise DecodeError("oversize", f"content is {len(message.content)} characters, limit {limit}")
     return message
 
 

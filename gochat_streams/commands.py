@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import time
 
 import click
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.cli import option
+from redis.asyncio import Redis
 
 from . import topics
 from .app import app, settings
@@ -140,3 +143,74 @@ async def audit(self: faust.cli.AppCommand, action: str, topic: str | None) -> N
           + ("every chain is whole" if result.ok else f"{broken} broken"))
     if not result.ok:
         raise SystemExit(1)
+
+
+# Message content keys (issue 15, part "crypto"; content_crypto.py).
+
+#: Key rotations, retirements and reencryptions: operators' actions worth an audit record.
+_content_keys_log = logging.getLogger("gochat_streams.content_keys")
+
+
+@app.command(faust.cli.argument("action", type=click.Choice(["rotate", "retire", "reencrypt"])),
+             faust.cli.argument("key_id", required=False))
+async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> None:
+    """Manage the message content keys of GOCHAT_CONTENT_KEYS_FILE.
+
+    rotate: add a new key, which encrypts from the next start of each gateway; every key
+    listed decrypts. reencrypt: seal all stored history under the newest key. retire KEY_ID:
+    remove an old key from the file, once `reencrypt` has left nothing under it.
+    """
+    from .content_crypto import ContentKeysMissing, content_keyring, new_key, read_key_file, reencrypt, write_key_file
+    from .history import RecentMessages
+    from .store import open_store
+
+    if action == "reencrypt":
+        try:
+            ring = content_keyring(settings)
+        except ContentKeysMissing as exc:
+            raise click.ClickException(f"not reencrypted: {exc}") from None
+        if ring is None:
+            raise click.ClickException("not reencrypted: content encryption is turned off")
+        store = await open_store(settings.message_store_url)
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            done = await reencrypt(store, ring)
+            # The cached lists hold the old envelopes: dropped, read again from the store.
+            recent = RecentMessages(redis, store, namespace=settings.namespace, size=settings.history_max_limit,
+                                    ttl_s=settings.history_cache_ttl_s)
+            await recent.invalidate(sorted(done.conversations))
+        finally:
+            await redis.aclose()
+            await store.close()
+        _content_keys_log.warning("content keys: reencrypted history under %r: %d rewritten, %d already under it, "
+                                  "%d did not open", ring.current, done.rewritten, done.current,
+                                  len(done.undecryptable))
+        print(f"{done.rewritten} messages sealed again under {ring.current}; {done.current} were already")
+        if done.undecryptable:
+            raise click.ClickException(
+                f"{len(done.undecryptable)} stored messages did not open and were left as they are; retire no key "
+                f"they need: {', '.join(done.undecryptable[:20])}")
+        return
+    path = settings.content_keys_file
+    if path is None:
+        raise click.ClickException(f"{action} edits the key file: set GOCHAT_CONTENT_KEYS_FILE")
+    encoded, current = read_key_file(path) if path.exists() or action == "retire" else ({}, None)
+    if action == "rotate":
+        # Named by when it was made: an id is never used again for another key.
+        new_id = time.strftime("k%Y%m%d%H%M%S", time.gmtime())
+        if new_id in encoded:
+            raise click.ClickException(f"key {new_id} exists: rotate again in a second")
+        write_key_file(path, {**encoded, new_id: new_key()}, new_id)
+        _content_keys_log.warning("content keys: rotated: %s added to %s and encrypts from now on (was %s)",
+                                  new_id, path, current)
+        print(f"{new_id} added to {path}: restart the gateways (and a webhook task service) to encrypt with it; "
+              "with several hosts, give every process the new file with GOCHAT_CONTENT_KEY_ID set to the old key "
+              "first, then unset it")
+        return
+    if key_id is None or key_id not in encoded:
+        raise click.UsageError(f"retire which key? one of {sorted(encoded)}")
+    if key_id in (current, settings.content_key_id):
+        raise click.ClickException(f"{key_id} encrypts: rotate first, reencrypt, then retire it")
+    write_key_file(path, {k: v for k, v in encoded.items() if k != key_id}, str(current))
+    _content_keys_log.warning("content keys: retired %s from %s", key_id, path)
+    print(f"{key_id} removed from {path}: messages still sealed under it no longer open")

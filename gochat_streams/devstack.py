@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .settings import DEV_CONTENT_KEY
+
 #: The dev stack's, the tests' and the benchmarks' settings. Sessions are short here and
 #: only here: a worker killed with SIGKILL says no goodbye, and its partitions move when
 #: its session expires (4 s, not the spec's 30 s), which the crash tests wait for; beats
@@ -53,6 +55,8 @@ DEV_ENV = {
     "GOCHAT_SESSION_TIMEOUT_S": "4",
     "GOCHAT_HEARTBEAT_INTERVAL_S": "0.5",
     "GOCHAT_REBALANCE_TIMEOUT_S": "2",
+    # Message content is sealed here too (content_crypto.py), with a key only dev mode accepts.
+    "GOCHAT_CONTENT_KEYS": json.dumps({"dev": DEV_CONTENT_KEY}),
 }
 
 #: Where the broker's jars are (the Makefile's KAFKA_LIB) and its logging configuration.

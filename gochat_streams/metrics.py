@@ -46,6 +46,11 @@ dead_letter_write_failures = Counter(
     "Failed attempts at writing a dead letter or its alert; the record's partition waits until one succeeds",
     ["service"],
 )
+content_undecryptable = Counter(
+    "gochat_content_undecryptable_total",
+    "Sealed message content that did not open (content_crypto.py): its key is not in the keyring, or it was altered",
+    ["service", "reason"],
+)
 retries = Counter(
     "gochat_retries_total",
     "Attempts made again after a failure (sends, store writes, pushes)",

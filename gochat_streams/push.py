@@ -16,7 +16,11 @@ from typing import Protocol
 
 import aiohttp
 
+from .content_crypto import ContentKeyring, UnopenedContent, content_keyring, open_content
+from .metrics import content_undecryptable
 from .models import OfflinePushPayload, now_ms
+from .models.messages import is_sealed
+from .routing import push_preview
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,15 +36,35 @@ class Pusher(Protocol):
     async def close(self) -> None: ...
 
 
+def opened_notice(keys: ContentKeyring | None, notice: OfflinePushPayload) -> OfflinePushPayload:
+    """The notice with its preview made from the sealed text it carries, or :class:`PushFailed`."""
+    if not is_sealed("text", notice.content) or notice.from_user_id is None or notice.conversation_id is None:
+        return notice
+    try:
+        if keys is None:
+            raise UnopenedContent("unknown_key", f"message {notice.message_id} is sealed; there is no content keyring")
+        text, _ = open_content(keys, "text", notice.conversation_id, notice.from_user_id, notice.message_id,
+                               notice.content)
+    except UnopenedContent as exc:
+        content_undecryptable.labels("task", exc.reason).inc()
+        raise PushFailed(f"no preview: {exc.detail}") from None
+    return notice.model_copy(update={"content": push_preview(notice.from_user_id, "text", text),
+                                     "from_user_id": None, "conversation_id": None})
+
+
 class OutboxPusher:
-    """Appends each notice, plus ``pushed_at`` (ms), as one JSON line to ``path``."""
+    """Appends each notice, plus ``pushed_at`` (ms), as one JSON line to ``path``.
+
+    A file at rest: a sealed text's notice is written sealed, as the task carried it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = asyncio.Lock()
 
     async def push(self, notice: OfflinePushPayload) -> None:
-        line = json.dumps({**notice.model_dump(mode="json"), "pushed_at": now_ms()}, ensure_ascii=False) + "\n"
+        line = json.dumps({**notice.model_dump(mode="json", exclude_none=True), "pushed_at": now_ms()},
+                          ensure_ascii=False) + "\n"
         # Shielded: a cancelled caller must not release the lock while its line is still
         # being written (the line is then written, though push raised CancelledError).
         await asyncio.shield(self._write(line))
@@ -63,18 +87,23 @@ class OutboxPusher:
 
 
 class WebhookPusher:
-    """POSTs each notice as JSON to ``url``; a 2xx answer within ``timeout_s`` means delivered."""
+    """POSTs each notice as JSON to ``url``; a 2xx answer within ``timeout_s`` means delivered.
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    The push provider shows the preview to the user: a sealed text is opened for it here.
+    """
+
+    def __init__(self, url: str, timeout_s: float, keys: ContentKeyring | None) -> None:
         self.url = url
+        self.keys = keys
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def push(self, notice: OfflinePushPayload) -> None:
+        notice = opened_notice(self.keys, notice)
         if self._session is None:  # created here: a session belongs to the running loop
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         try:
-            async with self._session.post(self.url, json=notice.model_dump(mode="json")) as response:
+            async with self._session.post(self.url, json=notice.model_dump(mode="json", exclude_none=True)) as response:
                 if not 200 <= response.status < 300:
                     raise PushFailed(f"{self.url} answered {response.status} {response.reason}")
         except TimeoutError as exc:
@@ -90,6 +119,7 @@ class WebhookPusher:
 
 
 def create_pusher(settings: Settings) -> Pusher:
+    """:class:`ContentKeysMissing` for a webhook without content keys, unless encryption is off."""
     if settings.push_webhook_url:
-        return WebhookPusher(settings.push_webhook_url, settings.push_timeout_s)
+        return WebhookPusher(settings.push_webhook_url, settings.push_timeout_s, content_keyring(settings))
     return OutboxPusher(settings.push_outbox_path)

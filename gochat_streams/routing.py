@@ -17,6 +17,7 @@ from .models import (
     UpstreamMessage,
     now_ms,
 )
+from .models.messages import is_sealed
 
 #: What an offline push says for a message that is not text.
 _PUSH_PREVIEWS = {"image": "[图片]", "file": "[文件]", "location": "[位置]"}
@@ -49,11 +50,12 @@ def gateways_for(connections: Mapping[str, Mapping[str, int]] | None) -> list[st
     return sorted(gw for gw, conns in (connections or {}).items() if conns)
 
 
-def push_preview(message: DownstreamMessage) -> str:
-    text = _PUSH_PREVIEWS.get(message.message_type, message.content)
+def push_preview(from_user_id: str, message_type: str, content: str) -> str:
+    """An offline push's text: ``sender: text``, or the kind of a message that is not text."""
+    text = _PUSH_PREVIEWS.get(message_type, content)
     if len(text) > _PUSH_PREVIEW_CHARS:
         text = text[: _PUSH_PREVIEW_CHARS - 1] + "…"
-    return f"{message.from_user_id}: {text}"
+    return f"{from_user_id}: {text}"
 
 
 def persist_task(message: DownstreamMessage, membership: MembershipChange | None = None) -> PersistMessageTask:
@@ -77,14 +79,16 @@ def persist_task(message: DownstreamMessage, membership: MembershipChange | None
 
 
 def offline_push_task(message: DownstreamMessage, user_id: str) -> OfflinePushTask:
-    """The spec's offline path: the message is already persisted; notify the user."""
-    return OfflinePushTask(
-        task_id=f"push:{message.message_id}:{user_id}",
-        timestamp=now_ms(),
-        payload=OfflinePushPayload(
-            user_id=user_id, message_id=message.message_id, title="新消息", content=push_preview(message)
-        ),
-    )
+    """The spec's offline path: the message is already persisted; notify the user.
+
+    A sealed text goes as it is, for the pusher to open (push.py); other kinds need no content.
+    """
+    payload = OfflinePushPayload(user_id=user_id, message_id=message.message_id, title="新消息",
+                                 content=push_preview(message.from_user_id, message.message_type, message.content))
+    if message.message_type == "text" and is_sealed(message.message_type, message.content):
+        payload = payload.model_copy(update={"content": message.content, "from_user_id": message.from_user_id,
+                                             "conversation_id": message.conversation_id})
+    return OfflinePushTask(task_id=f"push:{message.message_id}:{user_id}", timestamp=now_ms(), payload=payload)
 
 
 def fanout_tasks(message: DownstreamMessage, group_id: str, recipients: list[str], sender: str,

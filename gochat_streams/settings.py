@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +17,10 @@ DAY_MS = 24 * 60 * 60 * 1000
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 #: The token secret a checkout runs with; only dev mode accepts it.
 DEV_AUTH_SECRET = "dev-secret-change-me"
+#: The message content key a checkout runs with (devstack.DEV_ENV); only dev mode accepts it.
+DEV_CONTENT_KEY = "NMZ/VybCTfqAfNiJifUAs5qvFquaWP8Gmb0tGZXEQnw="
+#: A key id of the content keyring (content_crypto.py): it names the key in every envelope.
+ContentKeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
 class Settings(BaseSettings):
@@ -179,6 +184,25 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     #: The fraction of messages whose every hop is logged (trace.py); sampled by message id.
     trace_sample_rate: float = Field(0.01, ge=0, le=1)
+
+    # Message content encryption (issue 15, part "crypto"; content_crypto.py). The gateways and,
+    # with a push webhook, the task service need the keyring; the logic service never reads content.
+    #: Content keys, JSON ``{"key id": "base64 of 32 random bytes"}``; or ``content_keys_file``.
+    content_keys: dict[ContentKeyId, SecretStr] = {}
+    #: A JSON key file ``{"current": id, "keys": {id: base64}}``, which ``keys rotate`` writes.
+    content_keys_file: Path | None = None
+    #: The key that encrypts (the newest); every listed key decrypts. Needed when the keys
+    #: are listed in ``content_keys`` and more than one; overrides the key file's ``current``.
+    content_key_id: ContentKeyId | None = None
+    #: Message content travels and is stored in clear. Without keys a gateway refuses to start
+    #: unless this is set: encryption is on by default.
+    content_encryption_disabled: bool = False
+
+    @field_validator("content_keys", mode="before")
+    @classmethod
+    def _content_keys_json(cls, value: object) -> object:
+        # As the environment gives it, also when passed in (the dev stack builds Settings from DEV_ENV).
+        return json.loads(value) if isinstance(value, str) else value
 
     # Monitor (gochat_streams/monitor.py): lag, throughput, the alert rules, the ops page
     monitor_host: str = "127.0.0.1"

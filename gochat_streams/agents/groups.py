@@ -18,6 +18,7 @@ from faust import StreamT
 from ..app import app, settings
 from ..channels import downstream, group, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_upstream, encode
+from ..content_crypto import max_sealed_chars
 from ..conversations import Outcome, Refused, apply, target_id
 from ..metrics import count_consumed, messages_routed, reject
 from ..models import USER_MESSAGE_TYPES, Delivery, Refusal, UpstreamMessage
@@ -93,7 +94,8 @@ async def route_group(stream: StreamT[bytes]) -> None:
         started = time.perf_counter()
         count_consumed("logic", event.message.topic, settings.namespace)
         try:
-            message = decode_upstream(event.value, max_content_chars=settings.max_content_chars)
+            message = decode_upstream(event.value, max_content_chars=settings.max_content_chars,
+                                     max_sealed_chars=max_sealed_chars(settings))
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "group", exc.reason, exc.detail)
             continue

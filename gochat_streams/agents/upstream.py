@@ -16,6 +16,7 @@ from faust import StreamT
 from ..app import app, settings
 from ..channels import group, logic_dead_letters, task, upstream, user
 from ..codecs import DecodeError, decode_upstream, encode
+from ..content_crypto import max_sealed_chars
 from ..conversations import single_chat_id, target_id
 from ..metrics import count_consumed, messages_routed
 from ..models import Delivery, UpstreamMessage
@@ -45,7 +46,8 @@ async def route_upstream(stream: StreamT[bytes]) -> None:
         count_consumed("logic", event.message.topic, settings.namespace)
         raw = event.value
         try:
-            message = decode_upstream(raw, max_content_chars=settings.max_content_chars)
+            message = decode_upstream(raw, max_content_chars=settings.max_content_chars,
+                                     max_sealed_chars=max_sealed_chars(settings))
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "upstream", exc.reason, exc.detail)
             continue

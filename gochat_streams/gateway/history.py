@@ -8,17 +8,22 @@ is audited: here when served, by auth.audit_refusals when refused.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 
+from ..content_crypto import UnopenedContent, open_message
 from ..history import RecentMessages
+from ..metrics import content_undecryptable
 from ..models.common import Id
 from ..store import open_store
 from .auth import authenticate
-from .keys import AUDIT, RECENT, SETTINGS, STORE
+from .keys import AUDIT, CONTENT_KEYS, RECENT, SETTINGS, STORE
+
+log = logging.getLogger(__name__)
 
 _ID_ADAPTER: TypeAdapter[str] = TypeAdapter(Id)
 
@@ -50,11 +55,19 @@ async def history(request: web.Request) -> web.Response:
     since_seq = await request.app[STORE].reader_since(conversation_id, user_id)
     if since_seq is None:
         raise web.HTTPForbidden(text=f"{user_id} may not read {conversation_id}")
-    messages = await request.app[RECENT].get(conversation_id, limit, since_seq)
+    # The store and the cache hold sealed content: opened here, for this reader only.
+    keys, opened, undecryptable = request.app[CONTENT_KEYS], [], []
+    for m in await request.app[RECENT].get(conversation_id, limit, since_seq):
+        try:
+            opened.append(open_message(keys, m.to_downstream()).model_dump(mode="json"))
+        except UnopenedContent as exc:
+            content_undecryptable.labels("gateway", exc.reason).inc()
+            log.error("history of %s: %s", conversation_id, exc.detail)
+            undecryptable.append(m.message_id)
     request.app[AUDIT].record(user_id, "history.read", conversation_id, "success", request.remote, limit=limit,
-                              messages=len(messages))
-    return web.json_response(
-        {"conversation_id": conversation_id,
-         "messages": [m.to_downstream().model_dump(mode="json") for m in messages]},
-        dumps=lambda obj: json.dumps(obj, ensure_ascii=False),
-    )
+                              messages=len(opened) + len(undecryptable))
+    body: dict[str, object] = {"conversation_id": conversation_id, "messages": opened}
+    if undecryptable:
+        #: Messages left out: their content did not open (e.g. under a retired key).
+        body["undecryptable"] = undecryptable
+    return web.json_response(body, dumps=lambda obj: json.dumps(obj, ensure_ascii=False))

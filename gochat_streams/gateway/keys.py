@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 
 from ..alerting import Observations
 from ..audit import AuditLog
+from ..content_crypto import ContentKeyring
 from ..history import RecentMessages
 from ..settings import Settings
 from ..store import MessageStore
@@ -31,3 +32,6 @@ RECENT = web.AppKey("recent", RecentMessages)
 KEYRING = web.AppKey("keyring", Keyring)
 #: This gateway's audit chain (audit.py): logins, refusals, history reads.
 AUDIT = web.AppKey("audit", AuditLog)
+#: The keys that seal message content before it enters Kafka and open it for recipients
+#: (content_crypto.py); None when content encryption is turned off.
+CONTENT_KEYS: web.AppKey[ContentKeyring | None] = web.AppKey("content_keys")

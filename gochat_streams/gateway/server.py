@@ -31,11 +31,14 @@ from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode
 from ..alerting import Alerting, Observations
 from ..audit import AuditLog, producer_send
 from ..compat.aiokafka import drain_whole_nodes, track_topic
+from ..content_crypto import ContentKeysMissing, UnopenedContent, content_keyring, max_sealed_chars, open_message, seal
+from ..metrics import content_undecryptable
 from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, producer_kwargs
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
+from ..models.messages import USER_MESSAGE_TYPES
 from ..monitor import publish_rule_alerts
 from ..operator import check_operator
 from ..routing import addressing_error
@@ -45,7 +48,7 @@ from ..trace import hop
 from .auth import PROTOCOL, RedactTokens, audit_refusals, offered_protocols, verified
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
-from .keys import AUDIT, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .keys import AUDIT, CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
 from .tls import tls_context
 from .tokens import InsecureKeyring, keyring
 
@@ -62,12 +65,14 @@ _ERROR_CODES: dict[str, ErrorCode] = {
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The gateway app; :class:`tokens.InsecureKeyring` if its token keys must not be run with."""
+    """The gateway app; :class:`tokens.InsecureKeyring` if its token keys must not be run with,
+    :class:`ContentKeysMissing` if it has no content keys and encryption is not turned off."""
     audit = AuditLog("gateway", buffer_max=settings.audit_buffer_max)
     app = web.Application(middlewares=[audit_refusals(audit)])
     app[SETTINGS] = settings
     app[AUDIT] = audit
     app[KEYRING] = keyring(settings)
+    app[CONTENT_KEYS] = content_keyring(settings)
     app[HUB] = Hub(settings.max_sockets_per_user)
     app[READY] = asyncio.Event()
     app[UNSENT] = asyncio.Semaphore(settings.max_unsent)
@@ -198,8 +203,16 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         raise _BadRecord(exc.reason, exc.detail) from None
     except ValueError as exc:
         raise _BadRecord("invalid_schema", f"{topics.DOWNSTREAM_SEQ}: {exc}") from None
-    # The record is already the downstream JSON: wrap it rather than re-serialise it.
-    frame = '{"type":"message","message":' + record.value.decode() + "}"
+    try:
+        opened = open_message(app[CONTENT_KEYS], message)
+    except UnopenedContent as exc:
+        # Dead-lettered as it came (sealed); the entry stays in the user's inbox.
+        content_undecryptable.labels("gateway", exc.reason).inc()
+        raise _BadRecord("undecryptable", exc.detail) from None
+    if opened is message:  # clear: the record is already the downstream JSON, wrapped rather than re-serialised
+        frame = '{"type":"message","message":' + record.value.decode() + "}"
+    else:
+        frame = json.dumps({"type": "message", "message": opened.model_dump(mode="json")}, ensure_ascii=False)
     hub = app[HUB]
     target = headers.get(topics.DOWNSTREAM_CONNECTION)
     if target is not None:
@@ -391,7 +404,9 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
         from_user_id=user_id,
         to_user_id=message.to_user_id,
         conversation_id=conversation_id,
-        content=message.content,
+        # A system message's text is the logic service's, written from ids (conversations.py):
+        # the client's is dropped here rather than carried in clear.
+        content=message.content if message.message_type in USER_MESSAGE_TYPES else "",
         message_type=message.message_type,
         metadata=message.metadata,
         gateway_id=s.gateway_id,
@@ -409,6 +424,11 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
     if unsent.locked():
         await _error(ws, "broker_unavailable", f"{s.max_unsent} messages are waiting for the broker; try again",
                      message.message_id)
+        return
+    # Sealed here, the last hop that must read it: Kafka, the store and the caches hold ciphertext.
+    upstream = seal(app[CONTENT_KEYS], upstream)
+    if len(upstream.content) > max_sealed_chars(s):  # the logic service would dead-letter it
+        await _error(ws, "content_too_large", "content and metadata are too large", message.message_id)
         return
     conn.remember_sent(message.message_id)
     try:
@@ -450,7 +470,7 @@ async def run(settings: Settings) -> None:
     try:
         app = create_app(settings)
         ssl_context = tls_context(settings)
-    except (InsecureKeyring, ValueError, OSError) as exc:
+    except (InsecureKeyring, ContentKeysMissing, ValueError, OSError) as exc:
         raise SystemExit(f"gateway not started: {exc}") from None
     logging.getLogger("aiohttp.access").addFilter(RedactTokens())
     await serve(app, settings, settings.gateway_host, settings.gateway_port,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
@@ -12,6 +12,9 @@ from .messages import MessageBody
 
 class ClientMessage(MessageBody):
     """A message as a client sends it; the gateway adds sender, gateway and version."""
+
+    #: Whatever its content looks like, a client's metadata is checked: the gateway seals it.
+    may_be_sealed: ClassVar[bool] = False
 
     message_id: Id
     to_user_id: UserId | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,6 +10,13 @@ from .common import PROTOCOL_VERSION, Id, Model, TimestampMs, UserId, Version
 
 MessageType = Literal["text", "image", "file", "location", "system_conversation", "system_group"]
 USER_MESSAGE_TYPES: frozenset[str] = frozenset({"text", "image", "file", "location"})
+#: A user message's content sealed by content_crypto.py starts so; its metadata is then ``{}``.
+SEALED_PREFIX = "gcm1."
+
+
+def is_sealed(message_type: str, content: str) -> bool:
+    """Whether a message's content is a content_crypto envelope (only user messages are sealed)."""
+    return message_type in USER_MESSAGE_TYPES and content.startswith(SEALED_PREFIX)
 
 
 class _Metadata(BaseModel):
@@ -90,10 +97,14 @@ class MessageBody(Model):
     message_type: MessageType
     content: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: A sealed message's metadata is inside its content, checked by the gateway that sealed
+    #: it; a client's message is never taken as sealed (gateway frames set this False).
+    may_be_sealed: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _metadata_fits_type(self) -> MessageBody:
-        METADATA_MODELS[self.message_type].model_validate(self.metadata)
+        if not (self.may_be_sealed and is_sealed(self.message_type, self.content) and not self.metadata):
+            METADATA_MODELS[self.message_type].model_validate(self.metadata)
         # PostgreSQL text and JSONB cannot hold NUL: refuse it at the door rather than
         # fail a whole persist batch later.
         if _has_nul(self.content) or _has_nul(self.metadata):

@@ -39,8 +39,13 @@ class OfflinePushPayload(Model):
     user_id: UserId
     message_id: Id
     title: str
+    #: The preview text, or the message's sealed text (content_crypto.py), which the pusher
+    #: opens with the two fields below: the logic service cannot read it.
     content: str
     push_type: Literal["message"] = "message"
+    #: Not in the spec: the sender and conversation of a sealed text, its associated data.
+    from_user_id: UserId | None = None
+    conversation_id: Id | None = None
 
 
 class GroupFanoutPayload(Model):

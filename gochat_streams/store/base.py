@@ -72,6 +72,9 @@ _RECENT = f"""SELECT seq, {_COLUMNS} FROM history WHERE conversation_id = $1 AND
     ORDER BY seq DESC LIMIT $3"""
 _READER_SINCE = "SELECT since_seq FROM history_readers WHERE conversation_id = $1 AND user_id = $2"
 _COUNT = "SELECT COUNT(*) FROM history WHERE message_id = $1"
+_USER_MESSAGES = f"""SELECT seq, {_COLUMNS} FROM history WHERE seq > $1
+    AND message_type IN ('text', 'image', 'file', 'location') ORDER BY seq LIMIT $2"""
+_REWRITE = "UPDATE history SET content = $2, metadata = $3 WHERE seq = $1"
 
 
 class Fetch(Protocol):
@@ -144,6 +147,15 @@ async def _apply_membership(fetch: Fetch, conversation_id: str, change: Membersh
         await fetch(_ADD_READER, conversation_id, user_id, seq)
 
 
+def _stored(r: Any) -> StoredMessage:
+    return StoredMessage(
+        seq=r["seq"], message_id=r["message_id"], conversation_id=r["conversation_id"],
+        from_user_id=r["from_user_id"], to_user_id=r["to_user_id"],
+        message_type=r["message_type"], content=r["content"],
+        metadata=json.loads(r["metadata"]), timestamp=r["sent_at"],
+    )
+
+
 class MessageStore(ABC):
     """Chat history and who may read it."""
 
@@ -182,15 +194,23 @@ class MessageStore(ABC):
     async def recent(self, conversation_id: str, limit: int, since_seq: int = 0) -> list[StoredMessage]:
         """The conversation's newest ``limit`` messages from ``since_seq`` on, oldest first."""
         rows = await self._fetch(_RECENT, conversation_id, since_seq, limit)
-        return [
-            StoredMessage(
-                seq=r["seq"], message_id=r["message_id"], conversation_id=r["conversation_id"],
-                from_user_id=r["from_user_id"], to_user_id=r["to_user_id"],
-                message_type=r["message_type"], content=r["content"],
-                metadata=json.loads(r["metadata"]), timestamp=r["sent_at"],
-            )
-            for r in reversed(rows)
-        ]
+        return [_stored(r) for r in reversed(rows)]
+
+    async def user_messages(self, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` user messages (text, image, file, location) after ``after_seq``, in ``seq`` order:
+        the ones whose content is sealed (content_crypto.py)."""
+        return [_stored(r) for r in await self._fetch(_USER_MESSAGES, after_seq, limit)]
+
+    async def rewrite(self, messages: Sequence[StoredMessage]) -> None:
+        """Replace the content and metadata of these stored messages (by ``seq``), in one transaction."""
+        async with self._transaction() as fetch:
+            for m in messages:
+                await fetch(_REWRITE, m.seq, m.content, json.dumps(m.metadata, ensure_ascii=False))
+        await self._purge_replaced()
+
+    async def _purge_replaced(self) -> None:
+        """Overwrite, where the backend can, the bytes that rewritten rows held (PostgreSQL keeps
+        them in dead tuples until ``VACUUM FULL history``: README, "Content encryption")."""
 
     async def reader_since(self, conversation_id: str, user_id: str) -> int | None:
         """From which ``seq`` on the user may read the conversation, or None: not at all.

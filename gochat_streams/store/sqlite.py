@@ -46,6 +46,9 @@ class SqliteStore(MessageStore):
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # WAL: gateways keep reading history while the task worker writes.
             await db.execute("PRAGMA journal_mode = WAL")
+            # A row rewritten or deleted leaves no old bytes in free pages: `keys reencrypt`
+            # seals history stored in clear, which must then be gone from the file.
+            await db.execute("PRAGMA secure_delete = ON")
             store = cls(db)
             async with store._transaction() as fetch:
                 await prepare(fetch, _DIALECT)
@@ -73,6 +76,12 @@ class SqliteStore(MessageStore):
     async def _fetch(self, sql: str, *args: Any) -> Sequence[Any]:
         async with self._lock:
             return await self._run(sql, *args)
+
+    async def _purge_replaced(self) -> None:
+        # The rows' earlier pages may still be in the WAL: copy its last pages into the file
+        # and empty it (best effort: a reader's open snapshot leaves the rest for later).
+        async with self._lock:
+            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def close(self) -> None:
         await self._db.close()

@@ -23,9 +23,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from gochat_streams.content_crypto import content_keyring, new_key, write_key_file
 from gochat_streams.devstack import DEV_ENV, KafkaCluster, Stack, free_port
 from gochat_streams.gateway.tokens import Keyring, issue_token
 from gochat_streams.kafka import client_kwargs, partitions_of
+from gochat_streams.models import OfflinePushPayload
+from gochat_streams.push import opened_notice
 from gochat_streams.settings import Settings
 
 #: The gateways' GOCHAT_AUTH_SECRET: short, which their dev mode (DEV_ENV) allows.
@@ -94,9 +97,17 @@ class Cluster:
         self.wait_for_log(name, "[^Worker]: Ready")
 
     def pushes(self) -> list[dict[str, Any]]:
-        """The offline pushes the task service wrote to its outbox."""
+        """The offline pushes the task service wrote to its outbox, a sealed text's preview
+        opened with the test's content keys as the webhook pusher opens it (push.py)."""
         outbox = Path(self.env["GOCHAT_PUSH_OUTBOX"])
-        return [json.loads(line) for line in outbox.read_text().splitlines()] if outbox.exists() else []
+        keys = content_keyring(self.settings)
+        pushes = []
+        for line in outbox.read_text().splitlines() if outbox.exists() else []:
+            push = json.loads(line)
+            pushed_at = push.pop("pushed_at")
+            notice = opened_notice(keys, OfflinePushPayload.model_validate(push))
+            pushes.append({**notice.model_dump(mode="json", exclude_none=True), "pushed_at": pushed_at})
+        return pushes
 
     def stop_worker(self, name: str) -> None:
         self.stack.stop_one(self.workers.pop(name))
@@ -179,6 +190,11 @@ def cluster(servers: dict[str, str], tmp_path: Path, request: pytest.FixtureRequ
         "GOCHAT_STORE_URL": f"sqlite:///{tmp_path / 'messages.sqlite3'}",
         "GOCHAT_PUSH_OUTBOX": str(tmp_path / "push-outbox.jsonl"),
     }
+    # Message content is sealed under a fresh key of the test's own, in a key file that
+    # `keys rotate` can add to (content_crypto.py), rather than DEV_ENV's published one.
+    del env["GOCHAT_CONTENT_KEYS"]
+    env["GOCHAT_CONTENT_KEYS_FILE"] = str(tmp_path / "content-keys.json")
+    write_key_file(tmp_path / "content-keys.json", {"t1": new_key()}, "t1")
     stack = Stack(tmp_path / "logs")
     c = Cluster(env, tmp_path, stack)
     try:

@@ -100,7 +100,7 @@ def _upstream(**changes: object) -> bytes:
 )
 def test_bad_upstream_is_a_decode_error_naming_the_problem(raw: bytes, reason: str, field: str) -> None:
     with pytest.raises(DecodeError) as caught:
-        decode_upstream(raw, max_content_chars=LIMIT)
+        decode_upstream(raw, max_content_chars=LIMIT, max_sealed_chars=LIMIT)
     assert caught.value.reason == reason
     assert field in str(caught.value)
 
@@ -120,7 +120,7 @@ def test_user_ids_of_every_envelope_refuse_the_pair_separator() -> None:
 def test_missing_message_id_is_named() -> None:
     data = {k: v for k, v in EXAMPLES["upstream"].items() if k != "message_id"}
     with pytest.raises(DecodeError) as caught:
-        decode_upstream(json.dumps(data).encode(), max_content_chars=LIMIT)
+        decode_upstream(json.dumps(data).encode(), max_content_chars=LIMIT, max_sealed_chars=LIMIT)
     assert caught.value.reason == "missing_field"
     assert "message_id" in caught.value.detail
 
@@ -134,7 +134,7 @@ def test_unknown_task_type_is_named() -> None:
 
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_only_decode_error(raw: bytes) -> None:
-    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT), decode_task, decode_user_event):
+    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT, max_sealed_chars=LIMIT), decode_task, decode_user_event):
         try:
             decoder(raw)
         except DecodeError:
@@ -151,7 +151,7 @@ JSON = st.recursive(
 @given(JSON)
 def test_arbitrary_json_raises_only_decode_error(value: object) -> None:
     raw = json.dumps(value).encode()
-    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT), decode_task, decode_user_event):
+    for decoder in (lambda b: decode_upstream(b, max_content_chars=LIMIT, max_sealed_chars=LIMIT), decode_task, decode_user_event):
         try:
             decoder(raw)
         except DecodeError:

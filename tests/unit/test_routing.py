@@ -74,6 +74,6 @@ def test_push_preview_names_non_text_and_truncates() -> None:
     message = UpstreamMessage.model_validate(
         {**EXAMPLE, "message_type": "image", "content": "https://x/y.jpg", "metadata": {}}
     ).to_downstream()
-    assert push_preview(message) == "user_123: [图片]"
+    assert push_preview(message.from_user_id, message.message_type, message.content) == "user_123: [图片]"
     long_text = UpstreamMessage.model_validate({**EXAMPLE, "content": "字" * 300}).to_downstream()
-    assert len(push_preview(long_text)) == len("user_123: ") + 100
+    assert len(push_preview("user_123", "text", long_text.content)) == len("user_123: ") + 100

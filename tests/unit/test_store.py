@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gochat_streams.content_crypto import ContentKeyring, open_message, reencrypt, seal_content
 from gochat_streams.models.common import now_ms
 from gochat_streams.models.tasks import MembershipChange, PersistMessagePayload
 from gochat_streams.store import MessageStore, open_store
@@ -281,3 +282,50 @@ async def test_a_store_of_the_first_schema_is_migrated_on_open(store_url: str) -
 async def test_unknown_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="mysql"):
         await open_store("mysql://localhost/db")
+
+
+async def _raw_dump(store_url: str) -> str:
+    """Every byte the database holds for the history: the SQLite files, or PostgreSQL's table as text."""
+    if store_url.startswith("sqlite:///"):
+        path = Path(store_url.removeprefix("sqlite:///"))
+        return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*")).decode("utf-8", "replace")
+    con = await asyncpg.connect(store_url)
+    try:
+        return "\n".join(str(dict(r)) for r in await con.fetch("SELECT * FROM history"))
+    finally:
+        await con.close()
+
+
+async def test_reencrypt_seals_all_history_under_the_newest_key_so_the_old_one_can_go(
+        store: MessageStore, store_url: str) -> None:
+    old = ContentKeyring({"k1": bytes(32)}, "k1")
+    rotated = ContentKeyring({"k1": bytes(32), "k2": bytes(range(32))}, "k2")
+    retired = ContentKeyring({"k2": bytes(range(32))}, "k2")
+    texts = [message(f"m{i}", content=f"secret text {i}") for i in range(5)]
+    located = message("loc", message_type="location", content="北京市朝阳区",
+                      metadata={"latitude": 39.9042, "longitude": 116.4074})
+
+    def sealed(keys: ContentKeyring, m: PersistMessagePayload) -> PersistMessagePayload:
+        return m.model_copy(update={"content": seal_content(keys, m.message_type, m.conversation_id,
+                                                            m.from_user_id, m.message_id, m.content, m.metadata),
+                                    "metadata": {}})
+
+    # Old messages under k1, one stored in clear (before encryption was on), one under k2 already.
+    await store.save([sealed(old, m) for m in texts[:3]] + [texts[3], sealed(rotated, texts[4]), sealed(old, located),
+                      group("g", "create", ["alice"], 1)])
+    await store.save([sealed(ContentKeyring({"lost": bytes(range(1, 33))}, "lost"), message("orphan"))])
+    assert "secret text 3" in await _raw_dump(store_url)
+
+    done = await reencrypt(store, rotated, batch=2)
+    assert (done.rewritten, done.current, done.undecryptable) == (5, 1, ["alice/orphan (unknown_key)"])
+    assert done.conversations == {"conv_ab"}
+    dump = await _raw_dump(store_url)
+    assert "secret text" not in dump and "北京" not in dump and "39.9042" not in dump
+    stored = await store.recent("conv_ab", 10)
+    assert all(m.content.startswith("gcm1.k2.") for m in stored if m.message_id != "orphan")
+    # With k1 retired, everything but the orphan still reads, as it was.
+    opened = {m.message_id: open_message(retired, m) for m in stored if m.message_id != "orphan"}
+    assert [opened[f"m{i}"].content for i in range(5)] == [f"secret text {i}" for i in range(5)]
+    assert (opened["loc"].content, opened["loc"].metadata) == (
+        "北京市朝阳区", {"latitude": 39.9042, "longitude": 116.4074})
+    assert (await reencrypt(store, retired)).rewritten == 0

@@ -75,7 +75,7 @@ def test_outside_dev_mode_the_default_or_a_short_secret_is_refused_with_what_to_
 def test_the_gateway_refuses_to_start_with_the_default_secret_outside_dev_mode() -> None:
     with pytest.raises(InsecureKeyring, match="development secret"):
         create_app(Settings(dev_mode=False))
-    create_app(Settings(dev_mode=False, auth_secret=LONG))
+    create_app(Settings(dev_mode=False, auth_secret=LONG, content_encryption_disabled=True))
 
 
 def test_a_keyring_of_several_keys_names_its_signing_key() -> None:
