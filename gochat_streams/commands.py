@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import click
 import faust
@@ -147,10 +148,6 @@ async def audit(self: faust.cli.AppCommand, action: str, topic: str | None) -> N
 
 # Message content keys (issue 15, part "crypto"; content_crypto.py).
 
-#: Key rotations, retirements and reencryptions: operators' actions worth an audit record.
-_content_keys_log = logging.getLogger("gochat_streams.content_keys")
-
-
 @app.command(faust.cli.argument("action", type=click.Choice(["rotate", "retire", "reencrypt"])),
              faust.cli.argument("key_id", required=False))
 async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> None:
@@ -158,8 +155,18 @@ async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> N
 
     rotate: add a new key, which encrypts from the next start of each gateway; every key
     listed decrypts. reencrypt: seal all stored history under the newest key. retire KEY_ID:
-    remove an old key from the file, once `reencrypt` has left nothing under it.
+    remove an old key from the file, once `reencrypt` has left nothing under it. Each is
+    an event of the audit log.
     """
+    operator, source = cli_identity()
+    async with audit_session(settings, "cli") as audit_log:
+        def record(what: str, target: str, outcome: str = "success", **details: object) -> None:
+            audit_log.record(operator, what, target, outcome, source, **details)
+
+        await _manage_content_keys(action, key_id, record)
+
+
+async def _manage_content_keys(action: str, key_id: str | None, record: Callable[..., None]) -> None:
     from .content_crypto import ContentKeysMissing, content_keyring, new_key, read_key_file, reencrypt, write_key_file
     from .history import RecentMessages
     from .store import open_store
@@ -182,9 +189,8 @@ async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> N
         finally:
             await redis.aclose()
             await store.close()
-        _content_keys_log.warning("content keys: reencrypted history under %r: %d rewritten, %d already under it, "
-                                  "%d did not open", ring.current, done.rewritten, done.current,
-                                  len(done.undecryptable))
+        record("content_keys.reencrypt", ring.current, "success" if not done.undecryptable else "partial",
+               rewritten=done.rewritten, already=done.current, undecryptable=len(done.undecryptable))
         print(f"{done.rewritten} messages sealed again under {ring.current}; {done.current} were already")
         if done.undecryptable:
             raise click.ClickException(
@@ -201,8 +207,7 @@ async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> N
         if new_id in encoded:
             raise click.ClickException(f"key {new_id} exists: rotate again in a second")
         write_key_file(path, {**encoded, new_id: new_key()}, new_id)
-        _content_keys_log.warning("content keys: rotated: %s added to %s and encrypts from now on (was %s)",
-                                  new_id, path, current)
+        record("content_keys.rotate", new_id, file=str(path), previous=current)
         print(f"{new_id} added to {path}: restart the gateways (and a webhook task service) to encrypt with it; "
               "with several hosts, give every process the new file with GOCHAT_CONTENT_KEY_ID set to the old key "
               "first, then unset it")
@@ -212,5 +217,5 @@ async def keys(self: faust.cli.AppCommand, action: str, key_id: str | None) -> N
     if key_id in (current, settings.content_key_id):
         raise click.ClickException(f"{key_id} encrypts: rotate first, reencrypt, then retire it")
     write_key_file(path, {k: v for k, v in encoded.items() if k != key_id}, str(current))
-    _content_keys_log.warning("content keys: retired %s from %s", key_id, path)
+    record("content_keys.retire", key_id, file=str(path))
     print(f"{key_id} removed from {path}: messages still sealed under it no longer open")
