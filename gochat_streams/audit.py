@@ -310,26 +310,9 @@ class Verification:
 
 async def read_records(settings: Any, topic: str) -> list[Record]:
     """Every record of ``topic`` up to its end when called, each partition's in offset order."""
-    from aiokafka import AIOKafkaConsumer
+    from .kafka import read_to_end
 
-    from .kafka import client_kwargs, partitions_of
-
-    tps = await partitions_of(settings, [topic])
-    if not tps:
-        return []
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        records: list[Record] = []
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
-                records += [Record(r.partition, r.offset, r.key, r.value) for r in batch if r.offset < ends[tp]]
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
+    return [Record(r.partition, r.offset, r.key, r.value) for r in await read_to_end(settings, topic)]
 
 
 def verify_chains(records: Iterable[Record]) -> Verification:

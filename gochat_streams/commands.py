@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import click
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from faust.cli import option
 from redis.asyncio import Redis
 
@@ -20,7 +20,7 @@ from .app import app, settings
 from .audit import audit_session, cli_identity, read_records, verify_chains
 from .codecs import decode_dead_letter
 from .gateway.tokens import InsecureKeyring, issue_token, keyring
-from .kafka import client_kwargs, partitions_of, producer_kwargs
+from .kafka import producer_kwargs, read_to_end
 from .models import DeadLetter
 
 @app.command(option("--ttl", type=int, default=None, help="Seconds until the token expires."),
@@ -61,26 +61,8 @@ async def monitor(self: faust.cli.AppCommand) -> None:
 
 async def _read_dead_letters(spec: topics.TopicSpec) -> list[tuple[str, DeadLetter]]:
     """Every dead letter on ``spec``'s topic when the command started, as ``("partition:offset", letter)``."""
-    tps = await partitions_of(settings, [spec.name])
-    if not tps:
-        return []
-    # From the start: an offset reset, since a seek_to_beginning before the end_offsets
-    # below can lose a race with the default reset to the end.
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        letters: list[tuple[str, DeadLetter]] = []
-        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for r in records:
-                    letter = decode_dead_letter(r.value, max_bytes=settings.producer_max_request_bytes)
-                    letters.append((f"{r.partition}:{r.offset}", letter))
-        return sorted(letters, key=lambda item: tuple(map(int, item[0].split(":"))))
-    finally:
-        await consumer.stop()
+    return [(f"{r.partition}:{r.offset}", decode_dead_letter(r.value, max_bytes=settings.producer_max_request_bytes))
+            for r in await read_to_end(settings, spec.name)]
 
 
 @app.command(

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaClient, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
@@ -121,6 +121,28 @@ async def wait_until_served(s: Settings, names: Collection[str], timeout_s: floa
             await asyncio.sleep(0.05)
     finally:
         await client.close()
+
+
+async def read_to_end(s: Settings, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its end when called, ordered by (partition, offset)."""
+    tps = await partitions_of(s, [topic])
+    if not tps:
+        return []
+    # From the start: an offset reset, since a seek_to_beginning before the end_offsets
+    # below can lose a race with the default reset to the end.
+    consumer = AIOKafkaConsumer(**client_kwargs(s), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        while any([await consumer.position(tp) < end for tp, end in ends.items()]):
+            for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                records += [r for r in batch if r.offset < ends[tp]]
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
 
 
 def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
