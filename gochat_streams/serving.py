@@ -19,14 +19,17 @@ async def serve(app: web.Application, settings: Settings, host: str, port: int, 
     """Serve ``app`` on ``host:port`` until a signal, then run its cleanup (sockets, Kafka clients)."""
     configure_logging(settings, own_handler=True)
     runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("%s listening on http://%s:%s", what, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        # Within the try: a start that fails half-way (a broker out of reach) must still
+        # close what started before it, whose threads (the SQLite store's) would keep the
+        # process alive, never exiting for its supervisor to restart it.
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("%s listening on http://%s:%s", what, host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()
