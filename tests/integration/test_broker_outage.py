@@ -37,3 +37,14 @@ async def test_a_sender_gets_an_error_frame_while_the_broker_is_down(cluster: Cl
     # The socket stays open and usable.
     await alice.ws.send_str("{not json")
     assert (await asyncio.wait_for(alice.next_frame(), 5))["code"] == "malformed_json"
+
+
+def test_a_gateway_that_cannot_start_exits(cluster: Cluster) -> None:
+    """A supervisor restarts a gateway that exits; one that hangs after failing to start is down for good.
+
+    Its message store's thread kept the process alive once its broker clients failed to start.
+    """
+    cluster.env["GOCHAT_BROKER_URL"] = f"kafka://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RuntimeError, match="exited"):
+        cluster.start_gateway("gw1")
+    assert cluster.stack.procs[-1][1].returncode != 0
