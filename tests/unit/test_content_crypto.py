@@ -153,7 +153,7 @@ def test_the_keyring_comes_from_settings_or_a_key_file(tmp_path: Path) -> None:
 def test_the_development_key_is_refused_outside_dev_mode() -> None:
     with pytest.raises(ContentKeysMissing, match="built-in development key"):
         content_keyring(Settings(content_keys={"dev": DEV_CONTENT_KEY}))
-    assert content_keyring(Settings(content_keys={"dev": DEV_CONTENT_KEY}, dev_mode=True)) is not None
+    assert content_keyring(Settings(content_keys={"dev": DEV_CONTENT_KEY}, dev_mode=True)).current == "dev"
 
 
 def test_a_gateway_does_not_start_without_content_keys_unless_encryption_is_turned_off() -> None:
@@ -161,7 +161,7 @@ def test_a_gateway_does_not_start_without_content_keys_unless_encryption_is_turn
     with pytest.raises(ContentKeysMissing, match="GOCHAT_CONTENT_ENCRYPTION_DISABLED=1"):
         create_app(Settings(auth_secret=secret))
     assert create_app(Settings(auth_secret=secret, content_encryption_disabled=True))[CONTENT_KEYS] is None
-    assert create_app(Settings(auth_secret=secret, content_keys={"k1": new_key()}))[CONTENT_KEYS] is not None
+    assert create_app(Settings(auth_secret=secret, content_keys={"k1": new_key()}))[CONTENT_KEYS].current == "k1"
 
 
 def test_the_logic_service_bounds_sealed_content_by_the_frame_not_the_character_limit() -> None:

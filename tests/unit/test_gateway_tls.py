@@ -35,7 +35,8 @@ def test_a_key_every_account_may_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="open to every account on this host: chmod o-rwx"):
         tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=cert.key))
     cert.key.chmod(0o640)
-    assert tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=cert.key)) is not None
+    accepted = tls_context(Settings(gateway_tls_certfile=cert.chain, gateway_tls_keyfile=cert.key))
+    assert isinstance(accepted, ssl.SSLContext) and accepted.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
 def test_a_key_that_is_not_the_certificates_is_refused(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ async def test_webhook_unreachable_fails() -> None:
 def test_create_pusher_picks_webhook_when_a_url_is_set() -> None:
     pusher = create_pusher(Settings(push_webhook_url="http://127.0.0.1:9/push", push_timeout_s=2.5,
                                     content_keys={"k1": new_key()}))
-    assert isinstance(pusher, WebhookPusher) and pusher.keys is not None
+    assert isinstance(pusher, WebhookPusher) and pusher.keys.current == "k1"
     assert pusher.url == "http://127.0.0.1:9/push" and pusher.timeout.total == 2.5
 
 
