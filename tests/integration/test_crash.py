@@ -111,6 +111,9 @@ async def _whereabouts(cluster: Cluster, expected: dict[str, dict[str, list[str]
     out: dict[str, Any] = {}
     port = cluster.web_ports["w2"]  # alive throughout; /users/ views are routed to the owner
     async with aiohttp.ClientSession() as http:
+        for worker, worker_port in cluster.web_ports.items():
+            async with http.get(f"http://127.0.0.1:{worker_port}/ready/") as r:
+                out[f"{worker} ready"] = await r.json()
         for user, by_sender in expected.items():
             for sender, ids in by_sender.items():
                 for message_id in sorted(set(ids) - set(received[user][sender]))[:3]:
