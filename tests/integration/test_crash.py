@@ -97,7 +97,7 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Clu
     async with aiohttp.ClientSession() as http:
         for i, r in enumerate(recipients):
             # Until its partition is recovered wherever it now lives, a user's view is empty.
-            state = await _user_state(http, cluster.web_ports["w1"], r.user_id, _settled)
+            state = await _user_state(http, cluster.web_ports["w1"], r.user_id, _settled, expected[r.user_id])
             assert list(state["presence"]) == [f"gw{i % 2 + 1}"]
             assert state["delivered"]["count"] == 2 * PER_SENDER
             # Faust's own view, asked on the other worker, finds the owner too.
@@ -132,7 +132,8 @@ def _settled(state: dict[str, Any]) -> bool:
     return cursor is not None and cursor["next"] == 2 * PER_SENDER + 1 and state["inbox"]["pending"] == 0
 
 
-async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, until: Any) -> dict[str, Any]:
+async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, until: Any,
+                      sent: dict[str, list[str]]) -> dict[str, Any]:
     """The user's state as the owning worker has it, once ``until(state)`` holds (acks may be in flight)."""
     state: dict[str, Any] | None = None
     try:
@@ -143,7 +144,13 @@ async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, unti
                         return state
                 await asyncio.sleep(0.5)
     except TimeoutError:
-        pytest.fail(f"{user_id}'s state did not settle within {WAIT_S}s; last seen: {state}")
+        pending = {}
+        for sender, ids in sent.items():  # which messages the inbox still holds, and as which seq
+            for message_id in ids:
+                async with http.get(f"http://127.0.0.1:{port}/users/{user_id}/delivered/{sender}/{message_id}/") as r:
+                    if (mark := await r.json()).get("pending"):
+                        pending[message_id] = mark
+        pytest.fail(f"{user_id}'s state did not settle within {WAIT_S}s; last seen: {state}; pending: {pending}")
 
 
 def _differences(got: dict[str, dict[str, list[str]]], expected: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
