@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -164,6 +164,58 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer, whose commits never pass a record that no agent handled.
+
+    Faust acknowledged a record a stream dropped unhandled (it came while the flow was
+    stopped for a rebalance, or from an older generation) like a handled one, and it
+    committed past the first record after the committed offset when that one alone was
+    not handled. Either let the offset of a record nobody handled be committed: a
+    worker that died next, or the partition's next owner, never handled it. And it
+    handled records it was about to seek back over (:meth:`perform_seek`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Offsets sought by the last seek, per partition, until the partition's first record since.
+        self._sought: dict[Any, int] = {}
+
+    def ack(self, message: Any) -> bool:
+        if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
+            return False  # dropped by a stream, not handled: read again after the rebalance's seek
+        return super().ack(message)
+
+    def _new_offset(self, tp: Any) -> int | None:
+        committed = self._committed_offset[tp]
+        if committed is not None and committed not in self._acked_index[tp] and not self._gap[tp].at(committed):
+            return None
+        return super()._new_offset(tp)
+
+    async def perform_seek(self) -> None:
+        # Faust resumes a rebalance's stream partitions, then seeks them to the committed
+        # offsets: records fetched in between were handled, fetched again after the seek,
+        # and dropped by its read-offset bookkeeping, or handled twice out of order.
+        # Paused here, in the same step as Faust's resume, no fetch comes in between.
+        resumed = {tp for tp in self._get_active_partitions() if not self._is_changelog_tp(tp)}
+        self.pause_partitions(resumed)
+        try:
+            await super().perform_seek()
+        finally:
+            self.resume_partitions(resumed)
+        self._sought = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        async for tp, message in super().getmany(timeout):
+            yield tp, message
+            self._sought.pop(tp, None)  # the partition's first record since the seek is in
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        await super()._add_gap(tp, offset_from, offset_to)
+        # Faust takes a read offset for the last record read, but after a seek it is the
+        # next one: when a partition's next records are gone (retention), its gap starts
+        # one past the sought offset, which then no commit would pass.
+        if self._sought.get(tp) == offset_from - 1:
+            self._gap[tp].addi(offset_from - 1, offset_from)
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
