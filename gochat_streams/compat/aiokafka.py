@@ -39,7 +39,7 @@ from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from ..kafka import wait_until_served
+from ..kafka import is_refusal, refused, wait_until_served
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class Producer(faust_aiokafka.Producer):
         if sent.cancelled() or (error := sent.exception()) is None or self.unsent is not None:
             return
         self.unsent = error
+        if is_refusal(error):
+            app = self.app
+            refused(app.gochat_settings, "Write", "a topic", error, app.audit)
         log.critical("ALERT the broker did not take a record (%r): no more commits; the worker stops, "
                      "and its partitions are handled again from the last commit", error)
         asyncio.ensure_future(self.crash(error))
