@@ -28,7 +28,7 @@ from gochat_streams.devstack import BrokerSecurity, KafkaCluster, Stack, free_po
 from gochat_streams.kafka import BrokerRefused, client_kwargs
 from gochat_streams.settings import Settings
 
-from ..tls import broker_security
+from ..tls import broker_security, server_certificate
 from .conftest import WAIT_S, Cluster
 
 pytestmark = pytest.mark.integration
@@ -120,3 +120,122 @@ async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_pri
     applies = [e for e in events if e["action"] == "acls.apply"]
     assert len(applies) >= 2 and all(e["outcome"] == "success" for e in applies)
     assert applies[0]["details"]["created"] > 0 and applies[-1]["details"]["created"] == 0
+
+
+async def _bootstrap(settings: Settings) -> None:
+    """Start and stop a producer: its login, or KafkaConnectionError."""
+    producer = AIOKafkaProducer(**client_kwargs(settings), request_timeout_ms=5000)
+    try:
+        await producer.start()
+    finally:
+        await producer.stop()
+
+
+async def test_anonymous_wrong_password_and_plaintext_clients_are_refused(
+    secured: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity], tmp_path: Path
+) -> None:
+    cluster, (_, security) = secured, secured_kafka
+    ca = str(security.ca)
+    # The control: the same client with the right password and TLS logs in.
+    await _bootstrap(_as(cluster, "gateway-gw1"))
+    refused = {
+        # No SASL: TLS alone (no client certificate) authenticates nobody.
+        "anonymous": _as(cluster, "gateway-gw1", GOCHAT_BROKER_SECURITY_PROTOCOL="SSL", GOCHAT_BROKER_SSL_CAFILE=ca),
+        "wrong password": _as(cluster, "gateway-gw1", GOCHAT_BROKER_SASL_PASSWORD="not-the-password"),
+        "wrong password, PLAIN": _as(cluster, "gateway-gw1", GOCHAT_BROKER_SASL_PASSWORD="not-the-password",
+                                     GOCHAT_BROKER_SASL_MECHANISM="PLAIN"),
+        "no TLS": _as(cluster, "gateway-gw1", GOCHAT_BROKER_SECURITY_PROTOCOL="SASL_PLAINTEXT"),
+        "plaintext": _as(cluster, "gateway-gw1", GOCHAT_BROKER_SECURITY_PROTOCOL="PLAINTEXT"),
+    }
+    for what, settings in refused.items():
+        with pytest.raises(KafkaConnectionError):
+            await _bootstrap(settings)
+        assert what
+    # A client that trusts another CA does not talk to the broker either: its certificate is checked.
+    other_ca = server_certificate(tmp_path / "other-ca").ca
+    with pytest.raises(KafkaConnectionError):
+        await _bootstrap(_as(cluster, "gateway-gw1", GOCHAT_BROKER_SSL_CAFILE=str(other_ca)))
+
+    # A service started with a wrong password says why, naming its principal, and does not start.
+    port = free_port()
+    proc = cluster.stack.spawn("gateway-wrong-password", [sys.executable, "-m", "gochat_streams", "gateway"], {
+        **cluster.env, **security.env("gateway-gw1"), "GOCHAT_BROKER_SASL_PASSWORD": "not-the-password",
+        "GOCHAT_GATEWAY_ID": "gw1", "GOCHAT_GATEWAY_PORT": str(port)})
+    assert proc.wait(WAIT_S) != 0
+    log = (cluster.stack.log_dir / "gateway-wrong-password.log").read_text()
+    assert "BROKER REFUSED User:gateway-gw1 authentication on broker 127.0.0.1:" in log, log[-3000:]
+    assert "SaslAuthenticationFailed" in log
+    assert "not-the-password" not in log and security.users["gateway-gw1"] not in log
+
+
+async def _consume_one(settings: Settings, topic: str, group_id: str | None) -> None:
+    """Subscribe to ``topic`` (in ``group_id``) and fetch once: the broker's refusal, if any, raises."""
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(settings), group_id=group_id, auto_offset_reset="earliest",
+                                enable_auto_commit=False, request_timeout_ms=10000)
+    try:
+        await consumer.start()
+        async with asyncio.timeout(WAIT_S):
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=500)
+        await consumer.getmany(timeout_ms=500)
+    finally:
+        await consumer.stop()
+
+
+async def test_a_gateway_reads_only_its_own_topic_in_its_own_group_and_only_operators_read_audit(
+    secured: Cluster,
+) -> None:
+    cluster = secured
+    s, gw1 = cluster.settings, _as(cluster, "gateway-gw1")
+    # The control: gw1 reads its own downstream topic in its own group.
+    await _consume_one(gw1, topics.downstream_name(s, "gw1"), topics.gateway_group(s, "gw1").group_id)
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _consume_one(gw1, topics.task(s).name, topics.gateway_group(s, "gw1").group_id)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _consume_one(gw1, topics.downstream_name(s, "gw2"), topics.gateway_group(s, "gw1").group_id)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _consume_one(gw1, topics.downstream_name(s, "gw2"), None)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _consume_one(gw1, topics.downstream_name(s, "gw1"), topics.logic_group(s).group_id)
+    with pytest.raises(GroupAuthorizationFailedError):
+        await _consume_one(gw1, topics.downstream_name(s, "gw1"), topics.gateway_group(s, "gw2").group_id)
+
+    # Every service writes audit events; only the operator reads them.
+    audit = topics.audit(s).name
+    for service in ("gateway-gw1", "logic", "task", "monitor"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _consume_one(_as(cluster, service), audit, None)
+    await _consume_one(_as(cluster, "operator"), audit, None)
+    # A principal without any ACL reads and writes nothing.
+    nobody = _as(cluster, "nobody")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _consume_one(nobody, topics.upstream(s).name, None)
+    producer = AIOKafkaProducer(**client_kwargs(nobody), request_timeout_ms=10000)
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(topics.upstream(s).name, b"x", key=b"k")
+    finally:
+        await producer.stop()
+
+
+def test_a_refused_operation_is_logged_and_audited_by_the_service_that_tried_it(secured: Cluster) -> None:
+    cluster = secured
+    # gw1's principal running as gateway gw2: it may not touch gw2's downstream topic.
+    port = free_port()
+    proc = cluster.stack.spawn("gateway-impostor", [sys.executable, "-m", "gochat_streams", "gateway"], {
+        **cluster.env, **cluster.credentials("gateway-gw1"), "GOCHAT_GATEWAY_ID": "gw2",
+        "GOCHAT_GATEWAY_PORT": str(port)})
+    assert proc.wait(WAIT_S) != 0
+    log = (cluster.stack.log_dir / "gateway-impostor.log").read_text()
+    topic = topics.downstream_name(cluster.settings, "gw2")
+    assert f"BROKER REFUSED User:gateway-gw1 Describe on topic {topic}: TopicAuthorizationFailed" in log, log[-3000:]
+    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"broker.refused"' in line]
+    assert [(e["actor"], e["action"], e["target"], e["outcome"]) for e in events] == [
+        ("User:gateway-gw1", "broker.refused", f"topic {topic}", "denied")]
+
+    # The logic service may write to any downstream topic but create none.
+    settings = _as(cluster, "logic")
+    with pytest.raises(BrokerRefused, match=r"BROKER REFUSED User:logic Create on topic .*im-downstream-topic-gw9"):
+        asyncio.run(topics.ensure_topics(settings, [topics.downstream(settings, "gw9")]))
