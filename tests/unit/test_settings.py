@@ -37,13 +37,13 @@ def test_env_overrides_defaults_and_reaches_faust(monkeypatch: pytest.MonkeyPatc
     s = Settings()
     assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
     assert topics.upstream(s).partitions == 4
-    app = create_app(s, topics.logic_group(s), [])
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), [])
     assert [str(u) for u in app.conf.broker] == ["kafka://k1:9092", "kafka://k2:9092"]
     assert app.conf.id == "im-logic-group"
     assert app.conf.broker_session_timeout == 6
     assert app.conf.broker_max_poll_records == 100
     assert app.conf.consumer_auto_offset_reset == "earliest"
-    task_app = create_app(s, topics.task_group(s), [])
+    task_app = create_app(s, topics.task_group(s), topics.task_topics(s), [])
     assert task_app.conf.id == "im-task-group"
     assert task_app.conf.broker_max_poll_records == 200
 
