@@ -116,10 +116,17 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
     if s.broker_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = s.broker_sasl_mechanism
         kwargs["sasl_plain_username"] = s.broker_sasl_username
-        kwargs["sasl_plain_password"] = (
-            s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else None
-        )
+        kwargs["sasl_plain_password"] = sasl_password(s)
     return kwargs
+
+
+def sasl_password(s: Settings) -> str | None:
+    """The SASL password: ``GOCHAT_BROKER_SASL_PASSWORD``, or the first line of ``..._PASSWORD_FILE``."""
+    if s.broker_sasl_password is not None:
+        return s.broker_sasl_password.get_secret_value()
+    if s.broker_sasl_password_file is not None:
+        return s.broker_sasl_password_file.read_text().splitlines()[0].strip()
+    return None
 
 
 def producer_kwargs(s: Settings) -> dict[str, Any]:
@@ -228,7 +235,7 @@ def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
     """The same TLS/SASL options in Faust's terms."""
     ctx = _ssl_context(s)
     if s.broker_security_protocol.startswith("SASL"):
-        password = s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else ""
+        password = sasl_password(s) or ""
         return faust.SASLCredentials(
             username=s.broker_sasl_username, password=password, ssl_context=ctx,
             mechanism=s.broker_sasl_mechanism,

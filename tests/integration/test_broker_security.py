@@ -66,7 +66,16 @@ def secured(cluster: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity]
     created and its ACLs applied by the admin."""
     kafka, security = secured_kafka
     cluster.env.update(GOCHAT_BROKER_URL=kafka.url, **security.env("admin"))
-    cluster.credentials = security.env
+
+    def credentials(user: str) -> dict[str, str]:
+        env = security.env(user)
+        if user == "task":  # this one reads its password from a file
+            path = cluster.root / "task-broker-password"
+            path.write_text(env.pop("GOCHAT_BROKER_SASL_PASSWORD") + "\n")
+            env["GOCHAT_BROKER_SASL_PASSWORD_FILE"] = str(path)
+        return env
+
+    cluster.credentials = credentials
     created = _command(cluster, "create-topics", *(arg for g in GATEWAYS for arg in ("--gateway", g)))
     assert created.returncode == 0, created.stderr
     applied = _command(cluster, "acls", "apply", *(arg for g in GATEWAYS for arg in ("--gateway", g)))
@@ -81,9 +90,9 @@ def _as(cluster: Cluster, user: str, **overrides: str) -> Settings:
 
 
 async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_principal(
-    secured: Cluster, connect: Any
+    secured: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity], connect: Any
 ) -> None:
-    cluster = secured
+    cluster, security = secured, secured_kafka[1]
     cluster.start_worker()
     cluster.start_task_worker()
     gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
@@ -110,6 +119,12 @@ async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_pri
             await asyncio.sleep(0.2)
     carol = await connect(gw1, "carol")
     assert [m["message_id"] for m in await carol.messages(2, ack=True)] == ["create-g1", "hello-g1"]
+
+    # No process logged a broker password.
+    logs = "".join(log.read_text(errors="replace") for log in cluster.stack.log_dir.glob("*.log"))
+    assert "[^Worker]: Ready" in logs
+    for user in ("logic", "task", "gateway-gw1", "gateway-gw2"):
+        assert security.users[user] not in logs
 
     # Applying the ACLs again changes nothing; the apply is on the audit log, which the
     # operator (and only the operator) reads.
