@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
@@ -96,9 +97,16 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1, context=context) as response:
-            if response.status == 200:
-                return
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            # An answer that is not 200 (a gateway not ready yet: 503) holds its socket:
+            # closed here, not left to the garbage collector (a ResourceWarning in a test).
+            exc.close()
+        except OSError:
+            pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout}s")
 

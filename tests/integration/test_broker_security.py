@@ -63,9 +63,10 @@ def _os_env() -> dict[str, str]:
 @pytest.fixture
 def secured(cluster: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity]) -> Cluster:
     """The test's processes on the secured broker, each as its own principal; the test's topics
-    created and its ACLs applied by the admin."""
+    created and its ACLs applied by the admin. ``cluster.settings`` has no account: names only."""
     kafka, security = secured_kafka
-    cluster.env.update(GOCHAT_BROKER_URL=kafka.url, **security.env("admin"))
+    # No account in the shared env: each process, command and client gets its own (credentials).
+    cluster.env["GOCHAT_BROKER_URL"] = kafka.url
 
     def credentials(user: str) -> dict[str, str]:
         env = security.env(user)
