@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
@@ -121,10 +122,24 @@ async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_pri
     carol = await connect(gw1, "carol")
     assert [m["message_id"] for m in await carol.messages(2, ack=True)] == ["create-g1", "hello-g1"]
 
+    # The monitor, which may only describe topics and groups, reads every group's offsets.
+    cluster.env["GOCHAT_MONITOR_INTERVAL_S"] = "0.5"
+    monitor = cluster.start_monitor([gw1, gw2])
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                async with http.get(f"{monitor}/api/overview") as response:
+                    overview = await response.json()
+                if {"im-logic-group", "im-task-group", "gateway-gw1-group"} <= set(overview["lag_by_group"]):
+                    break
+                await asyncio.sleep(0.5)
+    assert {row["topic"] for row in overview["lag"]} >= {"im-upstream-topic", "im-task-topic",
+                                                          "im-downstream-topic-gw1"}
+
     # No process logged a broker password.
     logs = "".join(log.read_text(errors="replace") for log in cluster.stack.log_dir.glob("*.log"))
     assert "[^Worker]: Ready" in logs
-    for user in ("logic", "task", "gateway-gw1", "gateway-gw2"):
+    for user in ("logic", "task", "gateway-gw1", "gateway-gw2", "monitor"):
         assert security.users[user] not in logs
 
     # Applying the ACLs again changes nothing; the apply is on the audit log, which the
