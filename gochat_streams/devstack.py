@@ -285,6 +285,11 @@ def registered_brokers(bootstrap: str, security: BrokerSecurity | None = None) -
             return set()
         finally:
             await client.close()
+            if security is not None:
+                # aiokafka closes its bootstrap connection without waiting; over TLS the close
+                # is a round trip, which this loop, ended next, would cut short, leaving the
+                # socket to the garbage collector (a ResourceWarning in the test that runs then).
+                await asyncio.sleep(0.2)
 
     # In a thread of its own: the caller may be inside a running event loop (a test).
     with ThreadPoolExecutor(1) as pool:

@@ -91,7 +91,7 @@ async def login_refusal(s: Settings) -> BaseException | None:
         return exc
     except (KafkaError, OSError):
         return None
-    conn.close()
+    await conn.close()
     return None
 
 
