@@ -25,6 +25,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from .settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def _ssl_context(s: Settings) -> Any:
     if s.broker_security_protocol not in ("SSL", "SASL_SSL"):
@@ -35,8 +37,6 @@ def _ssl_context(s: Settings) -> Any:
         keyfile=str(s.broker_ssl_keyfile) if s.broker_ssl_keyfile else None,
     )
 
-
-log = logging.getLogger(__name__)
 
 #: What the broker answers a principal that may not do what it asked.
 AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError,

@@ -114,3 +114,26 @@ def test_broker_accounts_must_be_safe_to_put_in_a_jaas_line(tmp_path: Path) -> N
         BrokerSecurity(tmp_path / "ca.pem", tmp_path / "k.pem", {"logic": "pw"})
     with pytest.raises(ValueError, match="passwords"):
         BrokerSecurity(tmp_path / "ca.pem", tmp_path / "k.pem", {"admin": 'a" user_evil="x'})
+
+
+def test_a_refusal_names_principal_operation_and_resource_and_is_audited(caplog: pytest.LogCaptureFixture) -> None:
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from gochat_streams.audit import AuditLog
+    from gochat_streams.kafka import BrokerRefused, is_refusal, refused
+
+    s = Settings(broker_url="kafka://10.0.0.5:9093", broker_security_protocol="SASL_SSL",
+                 broker_sasl_username="gateway-gw1", broker_sasl_password="pw-secret")
+    audit = AuditLog("gateway")
+    error = TopicAuthorizationFailedError("t.im-task-topic")
+    assert is_refusal(error) and not is_refusal(RuntimeError())
+    with caplog.at_level("INFO"):
+        raised = refused(s, "Read", "topic t.im-task-topic", error, audit)
+    assert isinstance(raised, BrokerRefused)
+    line = "BROKER REFUSED User:gateway-gw1 Read on topic t.im-task-topic: TopicAuthorizationFailedError"
+    assert str(raised).startswith(line)
+    assert any(r.getMessage().startswith(line) for r in caplog.records)
+    assert "pw-secret" not in caplog.text
+    assert audit.pending == 1
+    # Without SASL the broker knows nobody.
+    assert "User:ANONYMOUS" in str(refused(Settings(), "Write", "topic x", "TopicAuthorizationFailed"))
