@@ -35,9 +35,12 @@ class GochatApp(faust.App):
     partition count, and the tables would no longer match their streams.
     """
 
-    def __init__(self, settings: Settings, group_id: str, audit: AuditLog, **options: object) -> None:
+    def __init__(self, settings: Settings, group_id: str, audit: AuditLog, own_topics: list[topics.TopicSpec],
+                 **options: object) -> None:
         super().__init__(group_id, **options)
         self.gochat_settings = settings
+        #: The topics this service reads and writes: it checks they exist, creating the missing ones.
+        self.own_topics = own_topics
         #: The worker's audit chain (audit.py): group administration, operator reads.
         self.audit = audit
         self._audit_producer: AIOKafkaProducer | None = None
@@ -56,7 +59,7 @@ class GochatApp(faust.App):
             check_listen(self.conf.web_bind, self.gochat_settings, f"the {self.conf.id} worker's web server")
         await super().on_first_start()
         configure_logging(self.gochat_settings)  # after Faust's worker set up its handlers
-        await topics.ensure_topics(self.gochat_settings, topics.core(self.gochat_settings))
+        await topics.ensure_topics(self.gochat_settings, self.own_topics, self.audit)
 
     async def on_started(self) -> None:
         await super().on_started()
@@ -80,7 +83,8 @@ class GochatApp(faust.App):
         await super().on_stop()
 
 
-def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: list[str]) -> GochatApp:
+def create_app(settings: Settings, group: topics.ConsumerGroup, own_topics: list[topics.TopicSpec],
+               autodiscover: list[str]) -> GochatApp:
     # "im-logic-group" -> "logic"
     audit = AuditLog(group.group_id.removeprefix(settings.namespace).removeprefix("im-").removesuffix("-group"),
                      buffer_max=settings.audit_buffer_max)
@@ -88,6 +92,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, autodiscover: li
         settings,
         group.group_id,
         audit,
+        own_topics,
         broker=settings.broker_url,
         broker_credentials=faust_credentials(settings),
         store=settings.table_store,
@@ -126,7 +131,9 @@ settings = get_settings()
 app = create_app(
     settings,
     topics.logic_group(settings),
+    topics.logic_topics(settings),
     ["gochat_streams.agents.upstream", "gochat_streams.agents.groups", "gochat_streams.agents.delivery",
      "gochat_streams.tables", "gochat_streams.commands", "gochat_streams.views"],
 )
-task_app = create_app(settings, topics.task_group(settings), ["gochat_streams.agents.tasks"])
+task_app = create_app(settings, topics.task_group(settings), topics.task_topics(settings),
+                      ["gochat_streams.agents.tasks"])

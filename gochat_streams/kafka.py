@@ -1,19 +1,31 @@
-"""Broker connection options, for plain aiokafka clients and for Faust alike."""
+"""Broker connection options, for plain aiokafka clients and for Faust alike; what a refusal says."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 
 from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _ssl_context(s: Settings) -> Any:
@@ -24,6 +36,73 @@ def _ssl_context(s: Settings) -> Any:
         certfile=str(s.broker_ssl_certfile) if s.broker_ssl_certfile else None,
         keyfile=str(s.broker_ssl_keyfile) if s.broker_ssl_keyfile else None,
     )
+
+
+#: What the broker answers a principal that may not do what it asked.
+AUTHORIZATION_ERRORS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError,
+                        TransactionalIdAuthorizationFailed)
+
+
+class Recorder(Protocol):
+    """An audit log (audit.py: AuditLog.record)."""
+
+    def record(self, actor: str | None, action: str, target: str, outcome: Any, source: str | None,
+               **details: Any) -> object: ...
+
+
+class BrokerRefused(RuntimeError):
+    """The broker refused this process an operation: not a failure that retrying mends."""
+
+
+def principal(s: Settings) -> str:
+    """Who the broker takes this process for."""
+    if s.broker_security_protocol.startswith("SASL") and s.broker_sasl_username:
+        return f"User:{s.broker_sasl_username}"
+    return "User:ANONYMOUS"
+
+
+def refused(s: Settings, operation: str, resource: str, reason: object, audit: Recorder | None = None) -> BrokerRefused:
+    """Log that the broker refused ``operation`` on ``resource`` (``topic X``, ``group G``), and
+    record it in ``audit``; the exception to raise. The line names the principal, never a password."""
+    why = f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
+    error = BrokerRefused(f"BROKER REFUSED {principal(s)} {operation} on {resource}: {why}")
+    log.error("%s", error)
+    if audit is not None:
+        audit.record(principal(s), "broker.refused", resource, "denied", f"broker:{s.broker_url.split('://')[-1]}",
+                     operation=operation, reason=why)
+    return error
+
+
+def is_refusal(exc: BaseException) -> bool:
+    return isinstance(exc, AUTHORIZATION_ERRORS)
+
+
+async def login_refusal(s: Settings) -> BaseException | None:
+    """Why the first bootstrap server refuses this process's login (SASL or TLS), if it does.
+
+    aiokafka reports only "unable to bootstrap" when every server refused: one connection
+    made here gives the reason.
+    """
+    host, _, port = s.bootstrap_servers[0].rpartition(":")
+    kwargs = {k: v for k, v in client_kwargs(s).items() if k != "bootstrap_servers"}
+    try:
+        conn = await create_conn(host, int(port), request_timeout_ms=5000, **kwargs)
+    except (SaslAuthenticationFailed, ssl.SSLError) as exc:
+        return exc
+    except (KafkaError, OSError):
+        return None
+    await conn.close()
+    return None
+
+
+async def start_client(s: Settings, client: Any, audit: Recorder | None = None) -> None:
+    """``client.start()``, saying so clearly when the broker refuses this process's login."""
+    try:
+        await client.start()
+    except KafkaError:
+        if (reason := await login_refusal(s)) is not None:
+            raise refused(s, "authentication", f"broker {s.bootstrap_servers[0]}", reason, audit) from None
+        raise
 
 
 def client_kwargs(s: Settings) -> dict[str, Any]:
@@ -37,10 +116,17 @@ def client_kwargs(s: Settings) -> dict[str, Any]:
     if s.broker_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = s.broker_sasl_mechanism
         kwargs["sasl_plain_username"] = s.broker_sasl_username
-        kwargs["sasl_plain_password"] = (
-            s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else None
-        )
+        kwargs["sasl_plain_password"] = sasl_password(s)
     return kwargs
+
+
+def sasl_password(s: Settings) -> str | None:
+    """The SASL password: ``GOCHAT_BROKER_SASL_PASSWORD``, or the first line of ``..._PASSWORD_FILE``."""
+    if s.broker_sasl_password is not None:
+        return s.broker_sasl_password.get_secret_value()
+    if s.broker_sasl_password_file is not None:
+        return s.broker_sasl_password_file.read_text().splitlines()[0].strip()
+    return None
 
 
 def producer_kwargs(s: Settings) -> dict[str, Any]:
@@ -149,7 +235,7 @@ def faust_credentials(s: Settings) -> faust.types.auth.CredentialsT | None:
     """The same TLS/SASL options in Faust's terms."""
     ctx = _ssl_context(s)
     if s.broker_security_protocol.startswith("SASL"):
-        password = s.broker_sasl_password.get_secret_value() if s.broker_sasl_password else ""
+        password = sasl_password(s) or ""
         return faust.SASLCredentials(
             username=s.broker_sasl_username, password=password, ssl_context=ctx,
             mechanism=s.broker_sasl_mechanism,

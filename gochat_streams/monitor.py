@@ -333,7 +333,7 @@ def create_app(s: Settings) -> web.Application:
 
 
 async def _running(app: web.Application, s: Settings, audit: AuditLog) -> AsyncIterator[None]:
-    await topics.ensure_topics(s, topics.core(s))
+    await topics.ensure_topics(s, topics.monitor_topics(s), audit)
     reader = OffsetReader(s)
     producer = AIOKafkaProducer(**producer_kwargs(s))
     await reader.start()

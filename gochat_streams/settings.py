@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     broker_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     broker_sasl_username: str | None = None
     broker_sasl_password: SecretStr | None = None
+    #: A file holding the SASL password (one line), instead of ``broker_sasl_password``.
+    broker_sasl_password_file: Path | None = None
     broker_ssl_cafile: Path | None = None
     broker_ssl_certfile: Path | None = None
     broker_ssl_keyfile: Path | None = None

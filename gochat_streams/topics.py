@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.metadata import MetadataRequest
 
-from .kafka import client_kwargs, wait_until_served
+from .kafka import Recorder, client_kwargs, refused, start_client, wait_until_served
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ DOWNSTREAM_CONNECTION = "gochat-connection"
 DOWNSTREAM_KIND = "gochat-kind"
 
 _TOPIC_ALREADY_EXISTS = 36
+#: TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+_REFUSED = {29: "TopicAuthorizationFailed", 31: "ClusterAuthorizationFailed"}
 
 
 @dataclass(frozen=True)
@@ -202,25 +205,61 @@ def faust_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     )
 
 
-async def ensure_topics(s: Settings, specs: list[TopicSpec]) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are.
+def gateway_topics(s: Settings, gateway_id: str) -> list[TopicSpec]:
+    """What a gateway writes (upstream, acks and presence, the dead letters and alerts of records
+    it cannot push, audit events) and reads (its own downstream topic)."""
+    return [upstream(s), user(s), upstream_dlq(s), alert(s), audit(s), downstream(s, gateway_id)]
+
+
+def logic_topics(s: Settings) -> list[TopicSpec]:
+    """What the logic service reads and writes, the gateways' downstream topics aside."""
+    return [upstream(s), group(s), user(s), task(s), upstream_dlq(s), alert(s), audit(s)]
+
+
+def task_topics(s: Settings) -> list[TopicSpec]:
+    return [task(s), user(s), task_dlq(s), alert(s), audit(s)]
+
+
+def monitor_topics(s: Settings) -> list[TopicSpec]:
+    """What the monitor writes and reads records of; the others it only describes."""
+    return [alert(s), audit(s)]
+
+
+async def ensure_topics(s: Settings, specs: list[TopicSpec], audit: Recorder | None = None) -> None:
+    """Create the topics of ``specs`` that do not exist yet; existing ones are left as they are.
+
+    Asks first which exist, and creates only the others: a service that may not create
+    topics (acls.py) starts when an admin has created them. A topic this process may not
+    describe, or may not create, raises ``kafka.BrokerRefused``, logged (and recorded in
+    ``audit``) as what the broker refused, to whom.
 
     Returns once every broker serves them (:func:`wait_until_served`): a consumer
     group that subscribes next is assigned all their partitions.
     """
     admin = AIOKafkaAdminClient(**client_kwargs(s))
-    await admin.start()
+    await start_client(s, admin, audit)
     try:
-        response = await admin.create_topics(
-            [NewTopic(t.name, t.partitions, t.replicas, topic_configs=t.config) for t in specs]
-        )
-        for name, code, message in response.topic_errors:
-            if code == _TOPIC_ALREADY_EXISTS:
-                continue
-            if code:
-                raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
-            log.info("created topic %s", name)
+        # Named, not all topics (a principal may describe only its own); never auto-created.
+        response = await admin._send_request(MetadataRequest([t.name for t in specs], allow_auto_topic_creation=False))
+        answers = {t["topic"]: t["error_code"] for t in response.to_object()["topics"]}
+        if denied := sorted(name for name, code in answers.items() if code in _REFUSED):
+            raise refused(s, "Describe", f"topic {', '.join(denied)}", _REFUSED[answers[denied[0]]], audit)
+        found = {name for name, code in answers.items() if code == 0}
+        missing = [t for t in specs if t.name not in found]
+        if missing:
+            response = await admin.create_topics(
+                [NewTopic(t.name, t.partitions, t.replicas, topic_configs=t.config) for t in missing]
+            )
+            for name, code, message in response.topic_errors:
+                if code == _TOPIC_ALREADY_EXISTS:
+                    continue
+                if code in _REFUSED:
+                    raise refused(s, "Create", f"topic {name}", f"{_REFUSED[code]} ({message})", audit)
+                if code:
+                    raise RuntimeError(f"cannot create topic {name}: error {code} {message}")
+                log.info("created topic %s", name)
     finally:
         await admin.close()
     if not await wait_until_served(s, [t.name for t in specs]):
         raise RuntimeError(f"the brokers do not serve the topics {[t.name for t in specs]} yet")
+

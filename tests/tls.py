@@ -1,12 +1,16 @@
-"""A throwaway CA and a server certificate it signs, made with ``openssl`` for one test run."""
+"""A throwaway CA and a server certificate it signs, made with ``openssl`` for one test run;
+the files and accounts of a secured test broker."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from gochat_streams.devstack import BROKER_ADMIN, BrokerSecurity
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,19 @@ def server_certificate(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "
                          capture_output=True).stdout
     return ServerCertificate(directory / "ca.pem", chain, directory / "server.key",
                              base64.b64encode(hashlib.sha256(der).digest()).decode())
+
+
+#: The accounts of a secured test broker besides the admin: one per service (gochat_streams/acls.py
+#: names them), an operator, and a principal with no ACL at all.
+BROKER_USERS = ("logic", "task", "monitor", "operator", "gateway-gw1", "gateway-gw2", "nobody")
+
+
+def broker_security(directory: Path, users: tuple[str, ...] = BROKER_USERS) -> BrokerSecurity:
+    """A secured broker's TLS files (a throwaway CA's certificate for 127.0.0.1 and localhost)
+    and a random password for the admin and each of ``users``."""
+    cert = server_certificate(directory)
+    keystore = directory / "broker-keystore.pem"
+    # Kafka's PEM keystore: the PKCS#8 key (openssl 3 writes "BEGIN PRIVATE KEY"), then the chain.
+    keystore.write_bytes(cert.key.read_bytes() + cert.chain.read_bytes())
+    keystore.chmod(0o600)
+    return BrokerSecurity(cert.ca, keystore, {name: secrets.token_urlsafe(18) for name in (BROKER_ADMIN, *users)})

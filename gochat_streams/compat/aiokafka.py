@@ -32,6 +32,7 @@ Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -43,7 +44,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types.tuples import FutureMessage
 
-from ..kafka import wait_until_served
+from ..kafka import is_refusal, refused, wait_until_served
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,15 @@ class Producer(faust_aiokafka.Producer):
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> Any:
         track_topic(self._ensure_producer(), topic)
         sent = await super().send(topic, *args, **kwargs)
-        sent.add_done_callback(self._on_sent)
+        sent.add_done_callback(functools.partial(self._on_sent, topic))
         return sent
 
-    def _on_sent(self, sent: asyncio.Future) -> None:
+    def _on_sent(self, topic: str, sent: asyncio.Future) -> None:
         if sent.cancelled() or (error := sent.exception()) is None or self.unsent is not None:
             return
         self.unsent = error
+        if is_refusal(error):  # a topic this worker's principal may not write (acls.py)
+            refused(self.app.gochat_settings, "Write", f"topic {topic}", error, self.app.audit)
         log.critical("ALERT the broker did not take a record (%r): no more commits; the worker stops, "
                      "and its partitions are handled again from the last commit", error)
         asyncio.ensure_future(self.crash(error))

@@ -35,7 +35,7 @@ from ..content_crypto import ContentKeysMissing, UnopenedContent, content_keyrin
 from ..metrics import content_undecryptable
 from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
-from ..kafka import consumer_kwargs, producer_kwargs
+from ..kafka import consumer_kwargs, is_refusal, producer_kwargs, refused
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
 from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.messages import USER_MESSAGE_TYPES
@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    await topics.ensure_topics(s, [*topics.core(s), topics.downstream(s, s.gateway_id)])
+    await topics.ensure_topics(s, topics.gateway_topics(s, s.gateway_id), app[AUDIT])
     producer = drain_whole_nodes(AIOKafkaProducer(**producer_kwargs(s)))
     await producer.start()
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
@@ -132,9 +132,9 @@ async def _consume_downstream(app: web.Application) -> None:
         heartbeat_interval_ms=group.heartbeat_interval_ms,
         **consumer_kwargs(s),
     )
-    await consumer.start()
     ready = app[READY]
     try:
+        await consumer.start()
         while True:
             batches = await consumer.getmany(timeout_ms=200)
             if not ready.is_set() and consumer.assignment():
@@ -146,6 +146,12 @@ async def _consume_downstream(app: web.Application) -> None:
                 count_consumed("gateway", tp.topic, s.namespace, len(records))
                 for record in records:
                     await _handle_downstream(app, record)
+    except KafkaError as exc:
+        if not is_refusal(exc):
+            raise
+        # This gateway may not read its topic or use its group: it stays not ready (/healthz 503).
+        raise refused(s, "Read", f"topic {topics.downstream_name(s, s.gateway_id)} in group {group.group_id}",
+                      exc, app[AUDIT]) from exc
     finally:
         await consumer.stop()
 
@@ -440,6 +446,8 @@ async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> 
         # The client may resend; if the broker took this one after all, the logic
         # service's dedup drops the copy.
         conn.forget_sent(message.message_id)
+        if is_refusal(exc):
+            refused(s, "Write", f"topic {topics.upstream(s).name}", exc, app[AUDIT])
         await _error(ws, "broker_unavailable", f"message not accepted: {exc!r}", message.message_id)
         return
     hop("gateway_in", message.message_id, topic=sent.topic, partition=sent.partition, offset=sent.offset,

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,9 @@ class Cluster:
     gateways: dict[str, Any] = field(default_factory=dict)
     #: Each worker's web port (Faust's views, and ours in gochat_streams/views.py).
     web_ports: dict[str, int] = field(default_factory=dict)
+    #: On a secured broker, the settings a process logs in with, by its principal's name
+    #: (``logic``, ``task``, ``monitor``, ``gateway-<id>``): test_broker_security.py.
+    credentials: Callable[[str], dict[str, str]] = lambda principal: {}
 
     @property
     def settings(self) -> Settings:
@@ -78,7 +81,8 @@ class Cluster:
         data_dir.mkdir(exist_ok=True)
         port = self.web_ports[name] = free_port()
         ready = self._log_count(name, "[^Worker]: Ready")
-        self.workers[name] = self.stack.start_worker(name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, port)
+        self.workers[name] = self.stack.start_worker(
+            name, {**self.env, **self.credentials("logic"), "GOCHAT_DATA_DIR": str(data_dir)}, port)
         self.wait_for_log(name, "[^Worker]: Ready", occurrences=ready + 1)
 
     def kill_worker(self, name: str) -> None:
@@ -92,7 +96,8 @@ class Cluster:
         data_dir.mkdir(exist_ok=True)
         port = self.web_ports[name] = free_port()
         self.workers[name] = self.stack.start_worker(
-            name, {**self.env, "GOCHAT_DATA_DIR": str(data_dir)}, port, app="gochat_streams.app:task_app"
+            name, {**self.env, **self.credentials("task"), "GOCHAT_DATA_DIR": str(data_dir)}, port,
+            app="gochat_streams.app:task_app"
         )
         self.wait_for_log(name, "[^Worker]: Ready")
 
@@ -115,13 +120,15 @@ class Cluster:
     def start_gateway(self, gateway_id: str) -> str:
         port = free_port()
         self.gateways[gateway_id] = self.stack.start_gateway(
-            f"gateway-{gateway_id}", {**self.env, "GOCHAT_GATEWAY_ID": gateway_id}, port, timeout=WAIT_S
+            f"gateway-{gateway_id}", {**self.env, **self.credentials(f"gateway-{gateway_id}"),
+                                      "GOCHAT_GATEWAY_ID": gateway_id}, port, timeout=WAIT_S
         )
         return f"{'https' if 'GOCHAT_GATEWAY_TLS_CERTFILE' in self.env else 'http'}://127.0.0.1:{port}"
 
     def start_monitor(self, gateways: list[str]) -> str:
         port = free_port()
-        self.stack.start_monitor("monitor", {**self.env, "GOCHAT_MONITOR_GATEWAYS": json.dumps(gateways)}, port,
+        self.stack.start_monitor("monitor", {**self.env, **self.credentials("monitor"),
+                                             "GOCHAT_MONITOR_GATEWAYS": json.dumps(gateways)}, port,
                                  timeout=WAIT_S)
         return f"http://127.0.0.1:{port}"
 

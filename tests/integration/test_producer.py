@@ -66,7 +66,7 @@ async def test_a_record_the_broker_refused_fails_every_later_flush(cluster: Clus
     elsewhere = topics.upstream(s)
     await topics.ensure_topics(s, [elsewhere])
     assert await wait_until_served(s, [small])
-    producer = create_app(s, topics.logic_group(s), autodiscover=[]).producer
+    producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
     await producer.start()
     try:
         taken = await producer.send(small, b"k", b"taken", None, None, None)
@@ -95,7 +95,7 @@ async def test_an_idempotent_producer_writes_a_record_once_through_a_frozen_brok
     broker = cluster.stack.start_broker(free_port())  # of this test's own, to freeze
     broker_proc = cluster.stack.procs[-1][1]
     s = cluster.settings.model_copy(update={"broker_url": broker})
-    app = create_app(s, topics.logic_group(s), autodiscover=[])
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[])
     app.conf.producer_request_timeout = 2.0
     producer = app.producer
     topic = topics.upstream(s)
@@ -159,7 +159,7 @@ async def test_every_producer_is_idempotent(cluster: Cluster) -> None:
     finally:
         await producer.stop()
     # The workers' (compat/aiokafka.py).
-    app = create_app(s, topics.logic_group(s), autodiscover=[])
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[])
     faust_producer = app.producer
     await faust_producer.start()
     try:

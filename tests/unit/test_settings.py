@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -37,13 +39,13 @@ def test_env_overrides_defaults_and_reaches_faust(monkeypatch: pytest.MonkeyPatc
     s = Settings()
     assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
     assert topics.upstream(s).partitions == 4
-    app = create_app(s, topics.logic_group(s), [])
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), [])
     assert [str(u) for u in app.conf.broker] == ["kafka://k1:9092", "kafka://k2:9092"]
     assert app.conf.id == "im-logic-group"
     assert app.conf.broker_session_timeout == 6
     assert app.conf.broker_max_poll_records == 100
     assert app.conf.consumer_auto_offset_reset == "earliest"
-    task_app = create_app(s, topics.task_group(s), [])
+    task_app = create_app(s, topics.task_group(s), topics.task_topics(s), [])
     assert task_app.conf.id == "im-task-group"
     assert task_app.conf.broker_max_poll_records == 200
 
@@ -68,3 +70,20 @@ def test_the_broker_is_a_kafka_url() -> None:
     assert Settings(broker_url="a:9092").bootstrap_servers == ["a:9092"]
     with pytest.raises(ValidationError, match="kafka://"):
         Settings(broker_url="tansu://127.0.0.1:9092")
+
+
+def test_the_broker_password_comes_from_the_setting_or_a_file(tmp_path: Path) -> None:
+    from gochat_streams.kafka import client_kwargs, faust_credentials
+
+    assert "sasl_plain_password" not in client_kwargs(Settings())
+    secret = Settings(broker_security_protocol="SASL_PLAINTEXT", broker_sasl_username="logic",
+                      broker_sasl_password="pw-setting")
+    assert client_kwargs(secret)["sasl_plain_password"] == "pw-setting"
+    assert "pw-setting" not in repr(secret)
+    (tmp_path / "pw").write_text("pw-file\n")
+    from_file = Settings(broker_security_protocol="SASL_PLAINTEXT", broker_sasl_username="logic",
+                         broker_sasl_password_file=tmp_path / "pw")
+    assert client_kwargs(from_file)["sasl_plain_password"] == "pw-file"
+    credentials = faust_credentials(from_file)
+    assert credentials is not None and credentials.password == "pw-file"
+    assert "pw-file" not in repr(credentials)
