@@ -79,6 +79,14 @@ class Sent:
         self.by_conversation.setdefault(conversation_id, []).append({"message_id": message_id, **body})
         return message_id
 
+    async def each_kind(self, alice: Client, to_bob: int) -> None:
+        """Of each kind: ``to_bob`` to bob, one to olive, one to the group."""
+        for kind in KINDS:
+            for _ in range(to_bob):
+                await self.send(alice, "alice:bob", "bob", kind)
+            await self.send(alice, "alice:olive", "olive", kind)
+            await self.send(alice, "g", None, kind)
+
 
 def _received(messages: list[dict[str, Any]], conversation_id: str) -> list[dict[str, Any]]:
     """The user messages of a conversation, as they were sent (the group's creation aside)."""
@@ -187,11 +195,7 @@ async def test_no_plaintext_leaves_the_gateways_and_keys_rotate_reencrypt_and_re
     # Under the first key: to bob (online), to olive (offline: pushed, kept in her inbox), to the group.
     sent = Sent()
     for _ in range(10):
-        for kind in KINDS:
-            for _ in range(2):
-                await sent.send(alice, "alice:bob", "bob", kind)
-            await sent.send(alice, "alice:olive", "olive", kind)
-            await sent.send(alice, "g", None, kind)
+        await sent.each_kind(alice, to_bob=2)
     await _acks(alice, 160)
     got = await bob.messages(120, ack=True)
     bob_seen = {"create-g", *(m["message_id"] for m in got)}
@@ -217,11 +221,7 @@ async def test_no_plaintext_leaves_the_gateways_and_keys_rotate_reencrypt_and_re
     gw = cluster.start_gateway("gw1")
     alice, bob = await connect(gw, "alice"), await connect(gw, "bob")
     start = {c: len(messages) for c, messages in sent.by_conversation.items()}
-    for kind in KINDS:
-        for _ in range(3):
-            await sent.send(alice, "alice:bob", "bob", kind)
-        await sent.send(alice, "alice:olive", "olive", kind)
-        await sent.send(alice, "g", None, kind)
+    await sent.each_kind(alice, to_bob=3)
     await _acks(alice, 20)
     new_ids = [m["message_id"] for c in ("alice:bob", "g") for m in sent.by_conversation[c][start[c]:]]
     got = await _new_messages(bob, new_ids, bob_seen)

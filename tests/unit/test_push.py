@@ -72,13 +72,17 @@ async def received() -> AsyncIterator[tuple[str, list[Any]]]:
     await server.close()
 
 
-async def test_webhook_posts_the_notice_once(received: tuple[str, list[Any]]) -> None:
-    url, bodies = received
-    pusher = WebhookPusher(url, timeout_s=5, keys=None)
+async def _webhook_push(url: str, keys: Any, notice: Any) -> None:
+    pusher = WebhookPusher(url, timeout_s=5, keys=keys)
     try:
-        await pusher.push(NOTICE)
+        await pusher.push(notice)
     finally:
         await pusher.close()
+
+
+async def test_webhook_posts_the_notice_once(received: tuple[str, list[Any]]) -> None:
+    url, bodies = received
+    await _webhook_push(url, None, NOTICE)
     assert bodies == [EXAMPLES["offline_push"]["payload"]]
 
 
@@ -161,11 +165,7 @@ async def test_a_sealed_text_is_opened_for_the_webhook_only(
     await OutboxPusher(outbox).push(notice)
     assert "swordfish" not in outbox.read_text() and notice.content in outbox.read_text()
     url, bodies = received
-    pusher = WebhookPusher(url, timeout_s=5, keys=RING)
-    try:
-        await pusher.push(notice)
-    finally:
-        await pusher.close()
+    await _webhook_push(url, RING, notice)
     assert bodies == [{"user_id": "bob", "message_id": "m1", "title": "新消息",
                        "content": "john: the password is swordfish", "push_type": "message"}]
 
