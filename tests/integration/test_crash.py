@@ -104,6 +104,24 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Clu
                 assert list(await response.json()) == [f"gw{i % 2 + 1}"]
 
 
+async def _whereabouts(cluster: Cluster, expected: dict[str, dict[str, list[str]]],
+                       received: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
+    """Where the workers have each missing message: its delivered mark, and its recipient's state."""
+    out: dict[str, Any] = {}
+    port = cluster.web_ports["w2"]  # alive throughout; /users/ views are routed to the owner
+    async with aiohttp.ClientSession() as http:
+        for user, by_sender in expected.items():
+            for sender, ids in by_sender.items():
+                for message_id in sorted(set(ids) - set(received[user][sender]))[:3]:
+                    async with http.get(f"http://127.0.0.1:{port}/users/{user}/delivered/{sender}/{message_id}/") as r:
+                        mark = await r.json()
+                    async with http.get(f"http://127.0.0.1:{port}/users/{user}/") as r:
+                        state = await r.json()
+                    out[f"{user}<-{message_id}"] = {"mark": mark, "presence": state["presence"],
+                                                    "inbox": state["inbox"]}
+    return out
+
+
 def _settled(state: dict[str, Any]) -> bool:
     """Every message kept and acknowledged: the cursor is past them all, nothing is pending."""
     cursor = state["inbox"]["cursor"]
