@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from gochat_streams import topics
+from gochat_streams.kafka import read_to_end
 
 from .conftest import WAIT_S, Client, Cluster
 
@@ -55,7 +58,10 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Clu
             except TimeoutError:
                 if total >= SENDERS * PER_SENDER:
                     quiet_s += 0.5
-                assert time.monotonic() - last_progress < 2 * WAIT_S, f"stalled at {total} messages"
+                if time.monotonic() - last_progress >= 2 * WAIT_S:
+                    stalled = await _whereabouts(cluster, expected, received)
+                    dump = await _dump(cluster, {key.split("<-")[0] for key in stalled if "<-" in key})
+                    pytest.fail(f"stalled at {total} messages: {stalled}; records in {dump}")
                 continue
             assert frame["type"] == "message", frame
             message = frame["message"]
@@ -96,7 +102,7 @@ async def test_a_worker_killed_mid_stream_loses_and_doubles_nothing(cluster: Clu
     async with aiohttp.ClientSession() as http:
         for i, r in enumerate(recipients):
             # Until its partition is recovered wherever it now lives, a user's view is empty.
-            state = await _user_state(http, cluster.web_ports["w1"], r.user_id, _settled)
+            state = await _user_state(http, cluster, r.user_id, _settled, expected[r.user_id])
             assert list(state["presence"]) == [f"gw{i % 2 + 1}"]
             assert state["delivered"]["count"] == 2 * PER_SENDER
             # Faust's own view, asked on the other worker, finds the owner too.
@@ -110,6 +116,9 @@ async def _whereabouts(cluster: Cluster, expected: dict[str, dict[str, list[str]
     out: dict[str, Any] = {}
     port = cluster.web_ports["w2"]  # alive throughout; /users/ views are routed to the owner
     async with aiohttp.ClientSession() as http:
+        for worker, worker_port in cluster.web_ports.items():
+            async with http.get(f"http://127.0.0.1:{worker_port}/ready/") as r:
+                out[f"{worker} ready"] = await r.json()
         for user, by_sender in expected.items():
             for sender, ids in by_sender.items():
                 for message_id in sorted(set(ids) - set(received[user][sender]))[:3]:
@@ -128,8 +137,25 @@ def _settled(state: dict[str, Any]) -> bool:
     return cursor is not None and cursor["next"] == 2 * PER_SENDER + 1 and state["inbox"]["pending"] == 0
 
 
-async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, until: Any) -> dict[str, Any]:
-    """The user's state as the owning worker has it, once ``until(state)`` holds (acks may be in flight)."""
+async def _dump(cluster: Cluster, users: set[str]) -> Path:
+    """The users' records in im-user-topic and the inbox changelog, one JSON line each, in a file."""
+    path = cluster.root / "records.jsonl"
+    s = cluster.settings
+    with path.open("w") as out:
+        for topic in (topics.user(s).name, f"{s.namespace}im-logic-group-inbox-changelog"):
+            for r in await read_to_end(s, topic):
+                key = r.key.decode() if r.key else ""
+                if key.split("/")[0].split("#")[0] in users:
+                    value = r.value.decode(errors="replace")[:300] if r.value is not None else None
+                    out.write(json.dumps({"topic": topic, "p": r.partition, "o": r.offset, "key": key,
+                                          "value": value}) + "\n")
+    return path
+
+
+async def _user_state(http: aiohttp.ClientSession, cluster: Cluster, user_id: str, until: Any,
+                      sent: dict[str, list[str]]) -> dict[str, Any]:
+    """The user's state as the owning worker has it (asked of w1), once ``until(state)`` holds (acks may be in flight)."""
+    port = cluster.web_ports["w1"]
     state: dict[str, Any] | None = None
     try:
         async with asyncio.timeout(WAIT_S):
@@ -139,7 +165,14 @@ async def _user_state(http: aiohttp.ClientSession, port: int, user_id: str, unti
                         return state
                 await asyncio.sleep(0.5)
     except TimeoutError:
-        pytest.fail(f"{user_id}'s state did not settle within {WAIT_S}s; last seen: {state}")
+        pending = {}
+        for sender, ids in sent.items():  # which messages the inbox still holds, and as which seq
+            for message_id in ids:
+                async with http.get(f"http://127.0.0.1:{port}/users/{user_id}/delivered/{sender}/{message_id}/") as r:
+                    if (mark := await r.json()).get("pending"):
+                        pending[message_id] = mark
+        pytest.fail(f"{user_id}'s state did not settle within {WAIT_S}s; last seen: {state}; pending: {pending}; "
+                    f"records in {await _dump(cluster, {user_id})}")
 
 
 def _differences(got: dict[str, dict[str, list[str]]], expected: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
