@@ -61,9 +61,44 @@ def _library(frame: str) -> str:
     return next((lib for lib in _LIBRARIES if lib in parts), "other")
 
 
+def _cost(frames: list[str]) -> str:
+    """What a sample pays for: the innermost frame's library, told apart by a few stack markers."""
+    names = ";".join(frame.split(" (")[0] for frame in frames)
+    leaf_name = frames[-1].split(" (")[0]
+    leaf = "/" + frames[-1].split(" (", 1)[-1]
+    if "WorkerThread.run" in names:
+        return "Faust's consumer thread (aiokafka fetch)"
+    if leaf_name == "_SelectorSocketTransport.write":
+        return "socket writes (produce requests)"
+    if "selectors.py" in leaf:
+        return "epoll wait"
+    if re.search(r"/(json|pydantic|pydantic_core|orjson)/", leaf) or leaf_name in ("dumps", "loads"):
+        return "JSON / pydantic encode-decode"
+    if "rocksdb.py" in leaf or "rocksdict" in leaf:
+        return "RocksDB get/put"
+    if "Sender." in names or "SendProduceReqHandler" in names:
+        return "producer: requests and responses (aiokafka sender)"
+    if re.search(r"/aiokafka/(producer|record|codec)|partitioner", leaf) or "Producer.send" in leaf_name:
+        return "producer: send/append (accumulator, lz4, partitioner)"
+    if "prometheus_client" in leaf:
+        return "metrics (prometheus_client)"
+    if re.search(r"/faust/(tables|stores)/", leaf) or re.search(r"ProducerBuffer|FutureMessage|send_soon", names):
+        return "Faust's table/changelog path (FutureMessage, buffer)"
+    if "gochat_streams" in leaf:
+        return "gochat_streams"
+    if re.search(r"/(faust|mode)/", leaf):
+        return "Faust/mode per-event machinery (streams, conductor, sensors, acks)"
+    if "/aiokafka/" in leaf:
+        return "aiokafka, other (consumer, client)"
+    if "/asyncio/" in leaf or "threading" in leaf:
+        return "asyncio loop (tasks, futures, callbacks)"
+    return "other"
+
+
 def summarise(name: str, raw: Path, top: int = 15) -> dict[str, Any]:
-    """Busy samples by library (innermost frame) and the frames most often on the stack."""
+    """Busy samples by library (innermost frame), by what they pay for, and the frames most often on the stack."""
     by_library: Counter[str] = Counter()
+    by_cost: Counter[str] = Counter()
     on_stack: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
@@ -72,6 +107,7 @@ def summarise(name: str, raw: Path, top: int = 15) -> dict[str, Any]:
         frames = stack.split(";")
         total += samples
         by_library[_library(frames[-1])] += samples
+        by_cost[_cost(frames)] += samples
         for frame in set(frames):
             on_stack[frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")")] += samples
     share = {lib: round(100 * n / total, 1) for lib, n in by_library.most_common()} if total else {}
@@ -80,11 +116,19 @@ def summarise(name: str, raw: Path, top: int = 15) -> dict[str, Any]:
                                        "Worker.execute", "Group.invoke", "Context.invoke", "pass_context",
                                        "Thread._bootstrap"))][:top] if total else []
     return {"process": name, "busy_samples": total, "busy_s": round(total / SAMPLES_PER_S, 1),
-            "share_by_library_pct": share, "top_frames_pct": frames, "raw": str(raw)}
+            "share_by_library_pct": share,
+            "share_by_cost_pct": {cost: round(100 * n / total, 1) for cost, n in by_cost.most_common()} if total else {},
+            "top_frames_pct": frames, "raw": str(raw)}
 
 
 def print_profile(profile: dict[str, Any]) -> None:
     print(f"\nprofile of {profile['process']}: {profile['busy_s']} s busy ({profile['raw']})")
     print("  by library: " + ", ".join(f"{lib} {pct}%" for lib, pct in profile["share_by_library_pct"].items()))
+    print("  by cost: " + ", ".join(f"{cost} {pct}%" for cost, pct in profile.get("share_by_cost_pct", {}).items()))
     for pct, frame in profile["top_frames_pct"]:
         print(f"  {pct:5.1f}%  {frame}")
+
+
+if __name__ == "__main__":  # python -m bench.profile bench/results/profile-....txt: summarise a saved run
+    for path in sys.argv[1:]:
+        print_profile(summarise(Path(path).stem, Path(path)))

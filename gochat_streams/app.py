@@ -114,6 +114,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, own_topics: list
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,
         TableManager="gochat_streams.compat.faust:TableManager",
+        Table="gochat_streams.compat.faust:Table",
         web_bind=settings.web_bind,
         web_host=settings.web_host,
         web_port=settings.web_port,

@@ -20,6 +20,7 @@ import faust
 from faust.types import EventT
 
 from .codecs import encode
+from .compat.faust import flush_changelog
 from .metrics import dead_letter_write_failures, dead_letters, processing_errors, retries
 from .models import Alert, DeadLetter, now_ms
 from .models.deadletters import Service
@@ -63,8 +64,10 @@ class DeadLetters:
         except Exception as exc:
             log.exception("handling %s[%s]@%s failed", event.message.topic, event.message.partition,
                           event.message.offset)
+            await flush_changelog(event.app)  # the writes it made before it raised, as Faust's path would
             await self.bury(event, where, "processing_error", repr(exc))
             return []
+        await flush_changelog(event.app)  # the table writes' changelog records, in order, before the sends
         failure = await retrying(lambda: send_all(records), attempts=self.attempts, backoff_s=self.backoff_s,
                                  what=f"sending for {event.message.topic}@{event.message.offset}",
                                  service=self.service)

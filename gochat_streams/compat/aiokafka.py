@@ -45,6 +45,7 @@ from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types.tuples import FutureMessage
 
 from ..kafka import is_refusal, refused, wait_until_served
+from .faust import flush_changelog
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ class Producer(faust_aiokafka.Producer):
         asyncio.ensure_future(self.crash(error))
 
     async def flush(self) -> None:
+        # Faust flushes the producer before every commit: the table writes' changelog
+        # records queued and not yet produced go first (compat/faust.py: Table).
+        await flush_changelog(self.app)
         await super().flush()
         if self.unsent is not None:
             raise ProducerSendError(f"a record was not sent: {self.unsent!r}") from self.unsent

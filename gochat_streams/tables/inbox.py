@@ -13,6 +13,10 @@ Why one table: Faust writes a table's changelog on the partition of the event be
 handled, and the producer keeps one partition's records in order. One event's writes
 to one table therefore reach the changelog as a prefix of what was written: a worker
 killed half-way leaves an entry without its mark, never a mark without its entry.
+(The app's Table, compat/faust.py, queues each write's changelog record and produces
+the queue in write order after the handler, through the same producer, before the
+event's offset can be committed: the prefix property holds as with Faust's own path;
+tests/unit/test_table_changelog.py.)
 agents/delivery.py relies on that when a crash makes it handle a record again.
 
 Sequence numbers are per user and only grow, so reconnect sync reads
