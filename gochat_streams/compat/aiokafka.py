@@ -20,8 +20,6 @@ again until the broker takes it, and the flush waits), so what fails a record is
 error that retrying cannot mend (a record over the topic's size limit, a topic this
 client may not write).
 
-Its flush waits for every table write Faust has buffered (:class:`ProducerBuffer`).
-
 Its produce requests carry every batch waiting for the broker, not only those whose
 linger is over (:class:`NodeDrainingAccumulator`): the gateway's producer does too.
 
@@ -41,8 +39,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
-from faust.types.tuples import FutureMessage
 
 from ..kafka import is_refusal, refused, wait_until_served
 from .faust import flush_changelog
@@ -88,48 +84,9 @@ def drain_whole_nodes(producer: AIOKafkaProducer) -> AIOKafkaProducer:
     return producer
 
 
-class ProducerBuffer(FaustProducerBuffer):
-    """Table writes on their way to the producer, whose flush returns only once every one is there.
-
-    A table write is buffered, and a background task hands the writes to the producer one
-    by one, in order. Faust's flush returned after 0.1 s in which none was handed over,
-    writes left or not (and when stopping, raised with writes left): with the producer
-    waiting for room in a burst, offsets were committed ahead of the changelog writes of
-    the events they cover, and a worker killed then lost those writes.
-    """
-
-    #: Writes taken from the queue and not yet with the producer (0 or 1: one sender task).
-    _handing_over = 0
-
-    async def _send_pending(self, fut: FutureMessage) -> None:
-        self._handing_over += 1
-        try:
-            await super()._send_pending(fut)
-        finally:
-            self._handing_over -= 1
-
-    async def flush(self) -> None:
-        while self.size or self._handing_over:
-            if self.should_stop and not self._handing_over:
-                # The sender task has ended (stopping): hand over the rest here, still in order.
-                await self._send_pending(self.pending.get_nowait())
-                continue
-            self.message_sent.clear()
-            try:
-                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
-            except TimeoutError:
-                if self.crashed:
-                    raise RuntimeError(f"table writes left unsent: {self.crash_reason!r}") from None
-
-
 class Producer(faust_aiokafka.Producer):
     #: The first record the broker did not take: from then on nothing is committed.
     unsent: BaseException | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
-        self.buffer.app = self.app
 
     def _settings_extra(self) -> Mapping[str, Any]:
         # Faust turns idempotence on only for exactly-once processing (KIP-98).

@@ -82,7 +82,8 @@ class Table(faust.Table):
     agent after each event, and before every flush of the producer, which Faust does
     before each commit. The records, their partition (the event's) and their order are
     what Faust would have produced, through the same producer: one event's writes to a
-    table still reach its changelog as a prefix (tables/inbox.py relies on it).
+    table still reach its changelog as a prefix (tables/inbox.py relies on it). The apps
+    process at least once, Faust's default: no transaction to tie these records to.
     """
 
     #: None until the first write checks that the store encodes as the changelog does.
@@ -97,9 +98,6 @@ class Table(faust.Table):
         return default if raw is None else store._decode_value(raw)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if self.app.in_transaction:  # exactly-once keeps Faust's path (offsets persist on commit)
-            super().__setitem__(key, value)
-            return
         partition = self.partition_for_key(key)
         topic = self.changelog_topic
         key_bytes, _ = topic.prepare_key(key, self.key_serializer, None, None)
@@ -116,9 +114,6 @@ class Table(faust.Table):
         self._sensor_on_set(self, key, value)
 
     def __delitem__(self, key: Any) -> None:
-        if self.app.in_transaction:
-            super().__delitem__(key)
-            return
         partition = self.partition_for_key(key)
         key_bytes, _ = self.changelog_topic.prepare_key(key, self.key_serializer, None, None)
         del self.data[key]
