@@ -13,7 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
 from aiokafka.helpers import create_ssl_context
 
-from gochat_streams import topics
+from gochat_streams import acls, topics
 from gochat_streams.audit import read_records
 from gochat_streams.devstack import BrokerSecurity, KafkaCluster, Stack, free_port
 from gochat_streams.kafka import BrokerRefused, client_kwargs
@@ -252,6 +252,12 @@ async def test_a_gateway_reads_only_its_own_topic_in_its_own_group_and_only_oper
         await producer.stop()
 
 
+def _refusal_events(log: str) -> list[tuple[str, str, str, str]]:
+    """The ``broker.refused`` audit events in a process's log: (actor, action, target, outcome)."""
+    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"broker.refused"' in line]
+    return [(e["actor"], e["action"], e["target"], e["outcome"]) for e in events]
+
+
 def test_a_refused_operation_is_logged_and_audited_by_the_service_that_tried_it(secured: Cluster) -> None:
     cluster = secured
     # gw1's principal running as gateway gw2: it may not touch gw2's downstream topic.
@@ -263,11 +269,42 @@ def test_a_refused_operation_is_logged_and_audited_by_the_service_that_tried_it(
     log = (cluster.stack.log_dir / "gateway-impostor.log").read_text()
     topic = topics.downstream_name(cluster.settings, "gw2")
     assert f"BROKER REFUSED User:gateway-gw1 Describe on topic {topic}: TopicAuthorizationFailed" in log, log[-3000:]
-    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"broker.refused"' in line]
-    assert [(e["actor"], e["action"], e["target"], e["outcome"]) for e in events] == [
-        ("User:gateway-gw1", "broker.refused", f"topic {topic}", "denied")]
+    assert _refusal_events(log) == [("User:gateway-gw1", "broker.refused", f"topic {topic}", "denied")]
 
     # The logic service may write to any downstream topic but create none.
     settings = _as(cluster, "logic")
     with pytest.raises(BrokerRefused, match=r"BROKER REFUSED User:logic Create on topic .*im-downstream-topic-gw9"):
         asyncio.run(topics.ensure_topics(settings, [topics.downstream(settings, "gw9")]))
+
+
+#: A worker's app and ACLs, and the resource (kind, name) whose Read its principal is denied.
+READ_REFUSALS: dict[str, tuple[str, Callable[..., list[acls.Acl]], Callable[[Settings], tuple[str, str]]]] = {
+    # Allowed to describe im-upstream-topic but not to read it: the broker refuses the fetch.
+    "logic": ("gochat_streams.app:app", acls.logic_acls, lambda s: ("topic", topics.upstream(s).name)),
+    # Allowed to find its group's coordinator but not to join the group.
+    "task": ("gochat_streams.app:task_app", acls.task_acls, lambda s: ("group", topics.task_group(s).group_id)),
+}
+
+
+@pytest.mark.parametrize("service", sorted(READ_REFUSALS))
+async def test_a_worker_refused_a_read_logs_and_audits_it_and_stops(secured: Cluster, service: str) -> None:
+    cluster, s = secured, secured.settings
+    app, service_acls, resource_of = READ_REFUSALS[service]
+    kind, name = resource_of(s)
+    # The service's ACLs for the principal "restricted", but for the Read on that resource.
+    plan = service_acls(s, {**acls.DEFAULT_PRINCIPALS, service: "restricted"})
+    withheld = acls.Acl("User:restricted", kind, name, "literal", "read")  # type: ignore[arg-type]
+    assert withheld in plan
+    await acls.apply(_as(cluster, "admin"), [acl for acl in plan if acl != withheld])
+
+    data_dir = cluster.root / service
+    data_dir.mkdir()
+    proc = cluster.stack.spawn(
+        service, [sys.executable, "-m", "faust", "-A", app, "worker", "-l", "info", "--web-port", str(free_port()),
+                  "--web-host", "127.0.0.1"],
+        {**cluster.env, **cluster.credentials("restricted"), "GOCHAT_DATA_DIR": str(data_dir)})
+    # It says so, and stops: it neither waits for its partitions for ever nor goes on without them.
+    assert proc.wait(WAIT_S) != 0
+    log = (cluster.stack.log_dir / f"{service}.log").read_text()
+    assert f"BROKER REFUSED User:restricted Read on {kind} {name}: " in log, log[-3000:]
+    assert ("User:restricted", "broker.refused", f"{kind} {name}", "denied") in _refusal_events(log)
