@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
 from aiokafka.helpers import create_ssl_context
 
@@ -65,7 +66,10 @@ def _os_env() -> dict[str, str]:
 def secured(cluster: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity]) -> Cluster:
     """The test's processes on the secured broker, each as its own principal; the test's topics
     created and its ACLs applied by the admin. ``cluster.settings`` has no account: names only."""
-    kafka, security = secured_kafka
+    return _secure(cluster, *secured_kafka)
+
+
+def _secure(cluster: Cluster, kafka: KafkaCluster, security: BrokerSecurity) -> Cluster:
     # No account in the shared env: each process, command and client gets its own (credentials).
     cluster.env["GOCHAT_BROKER_URL"] = kafka.url
 
@@ -308,3 +312,37 @@ async def test_a_worker_refused_a_read_logs_and_audits_it_and_stops(secured: Clu
     log = (cluster.stack.log_dir / f"{service}.log").read_text()
     assert f"BROKER REFUSED User:restricted Read on {kind} {name}: " in log, log[-3000:]
     assert ("User:restricted", "broker.refused", f"{kind} {name}", "denied") in _refusal_events(log)
+
+
+async def test_the_chat_path_works_on_three_secured_nodes_with_the_specs_replicas(cluster: Cluster, connect: Any) -> None:
+    """Three nodes, secured: controllers and brokers talk to each other over SASL_SSL too (no
+    PLAINTEXT listener, no anonymous super user), so the controllers form a quorum and elect
+    leaders, and an acks=all record reaches the followers' replicas."""
+    security = broker_security(cluster.root / "tls")
+    kafka = cluster.stack.start_kafka(3, security=security)
+    for node in kafka.nodes.values():
+        properties = node.config.read_text()
+        assert "PLAINTEXT" not in properties and "super.users=User:admin\n" in properties
+    for name in [name for name in cluster.env if name.endswith("_REPLICAS")]:
+        del cluster.env[name]  # the spec's: 3 copies of each topic, a write needs 2 (cluster3)
+    secured = _secure(cluster, kafka, security)
+    secured.start_worker()
+    gw1, gw2 = secured.start_gateway("gw1"), secured.start_gateway("gw2")
+    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
+    await alice.send("m1", "bob", content="hi bob")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
+    [message] = await bob.messages(1, ack=True)
+    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+
+    # Each partition of the message's topics has the spec's replicas (upstream 3, downstream 2),
+    # enough of them in sync for an acks=all write (upstream: 2): the brokers replicate to each other.
+    specs = [topics.upstream(secured.settings), topics.downstream(secured.settings, "gw2")]
+    admin = AIOKafkaAdminClient(**client_kwargs(_as(secured, "admin")))
+    await admin.start()
+    try:
+        described = {t["topic"]: t["partitions"] for t in await admin.describe_topics([spec.name for spec in specs])}
+    finally:
+        await admin.close()
+    for spec in specs:
+        assert all(len(p["replicas"]) == spec.replicas and len(p["isr"]) >= spec.min_insync_replicas
+                   for p in described[spec.name]), (spec, described[spec.name])
