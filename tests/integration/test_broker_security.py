@@ -31,7 +31,7 @@ from gochat_streams.kafka import BrokerRefused, client_kwargs
 from gochat_streams.settings import Settings
 
 from ..tls import broker_security, server_certificate
-from .conftest import WAIT_S, Cluster
+from .conftest import WAIT_S, Client, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +95,16 @@ def _as(cluster: Cluster, user: str, **overrides: str) -> Settings:
     return Settings(**{k[len("GOCHAT_"):].lower(): v for k, v in env.items()})
 
 
+async def _single_chat(connect: Any, gw1: str, gw2: str) -> tuple[Client, Client]:
+    """alice on ``gw1`` sends bob on ``gw2`` a message: acked, delivered; (alice, bob)."""
+    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
+    await alice.send("m1", "bob", content="hi bob")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
+    [message] = await bob.messages(1, ack=True)
+    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+    return alice, bob
+
+
 async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_principal(
     secured: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity], connect: Any
 ) -> None:
@@ -103,12 +113,7 @@ async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_pri
     cluster.start_task_worker()
     gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
 
-    # Single chat across two gateways.
-    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
-    await alice.send("m1", "bob", content="hi bob")
-    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
-    [message] = await bob.messages(1, ack=True)
-    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+    alice, bob = await _single_chat(connect, gw1, gw2)
 
     # A group with an offline member: created, a message reaches the members online, the
     # task service pushes to carol, and carol's connect syncs both.
@@ -328,11 +333,7 @@ async def test_the_chat_path_works_on_three_secured_nodes_with_the_specs_replica
     secured = _secure(cluster, kafka, security)
     secured.start_worker()
     gw1, gw2 = secured.start_gateway("gw1"), secured.start_gateway("gw2")
-    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
-    await alice.send("m1", "bob", content="hi bob")
-    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
-    [message] = await bob.messages(1, ack=True)
-    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+    await _single_chat(connect, gw1, gw2)
 
     # Each partition of the message's topics has the spec's replicas (upstream 3, downstream 2),
     # enough of them in sync for an acks=all write (upstream: 2): the brokers replicate to each other.
