@@ -77,6 +77,17 @@ def is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, AUTHORIZATION_ERRORS)
 
 
+def refused_resource(exc: BaseException) -> str:
+    """What an aiokafka refusal (:data:`AUTHORIZATION_ERRORS`) names: ``topic X`` (X a name or
+    names), ``group G``, ``transactional id T``, or ``cluster``."""
+    if isinstance(exc, ClusterAuthorizationFailedError):
+        return "cluster"
+    names = exc.args[0] if exc.args else "?"
+    names = ", ".join(sorted(names)) if isinstance(names, (set, frozenset, list, tuple)) else str(names)
+    kinds = {GroupAuthorizationFailedError: "group", TransactionalIdAuthorizationFailed: "transactional id"}
+    return f"{kinds.get(type(exc), 'topic')} {names}"
+
+
 async def login_refusal(s: Settings) -> BaseException | None:
     """Why the first bootstrap server refuses this process's login (SASL or TLS), if it does.
 

@@ -52,8 +52,9 @@ def server_certificate(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "
 
 
 #: The accounts of a secured test broker besides the admin: one per service (gochat_streams/acls.py
-#: names them), an operator, and a principal with no ACL at all.
-BROKER_USERS = ("logic", "task", "monitor", "operator", "gateway-gw1", "gateway-gw2", "nobody")
+#: names them), an operator, a principal with no ACL at all, and one a test grants a service's
+#: ACLs but one.
+BROKER_USERS = ("logic", "task", "monitor", "operator", "gateway-gw1", "gateway-gw2", "nobody", "restricted")
 
 
 def broker_security(directory: Path, users: tuple[str, ...] = BROKER_USERS) -> BrokerSecurity:

@@ -25,6 +25,12 @@ linger is over (:class:`NodeDrainingAccumulator`): the gateway's producer does t
 
 Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
 ``GOCHAT_FETCH_MAX_WAIT_MS``.
+
+A read the broker refuses (a topic or the group this worker's principal may not read:
+acls.py) is logged and audited as a refused write is, and stops the worker. A refused
+fetch reaches Faust's fetch loop, which stopped the worker without naming the principal.
+A refused join stayed inside aiokafka (:class:`RefusalReportingCoordinator`): the worker
+waited for its partitions for ever, saying nothing.
 """
 
 from __future__ import annotations
@@ -32,15 +38,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.producer.message_accumulator import MessageAccumulator
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from ..kafka import is_refusal, refused, wait_until_served
+from ..kafka import AUTHORIZATION_ERRORS, is_refusal, refused, refused_resource, wait_until_served
 from .faust import flush_changelog
 
 log = logging.getLogger(__name__)
@@ -120,11 +127,35 @@ class Producer(faust_aiokafka.Producer):
             raise ProducerSendError(f"a record was not sent: {self.unsent!r}") from self.unsent
 
 
+class RefusalReportingCoordinator(GroupCoordinator):
+    """aiokafka's group coordinator, which also hands a refusal to its :attr:`report` at once.
+
+    aiokafka keeps an error its coordination routine cannot get past (a join, heartbeat or
+    commit the broker refuses) until the consumer's next ``getmany``, and waits for that;
+    Faust reads through the consumer's fetcher and never calls it.
+    """
+
+    report: Callable[[BaseException], object]
+
+    def _push_error_to_user(self, exc: BaseException) -> Any:
+        if is_refusal(exc):
+            self.report(exc)
+        return super()._push_error_to_user(exc)
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.gochat_settings.fetch_max_wait_ms  # read by start()
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        coordinator = self._consumer._coordinator if self._consumer is not None else None
+        if type(coordinator) is GroupCoordinator:  # started, it waits for a subscription: none yet
+            coordinator.__class__ = RefusalReportingCoordinator
+            # This thread runs the consumer on an event loop of its own: the worker's handles it.
+            coordinator.report = functools.partial(self.parent_loop.call_soon_threadsafe, self.consumer.refuse_read)
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -138,10 +169,19 @@ class Consumer(faust_aiokafka.Consumer):
     handled records it was about to seek back over (:meth:`perform_seek`).
     """
 
+    #: The first read the broker refused: the worker stops.
+    refusal: BaseException | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Offsets sought by the last seek, per partition, until the partition's first record since.
         self._sought: dict[Any, int] = {}
+
+    def refuse_read(self, error: BaseException) -> None:
+        """Log and audit the first read the broker refused (a topic's fetch, the group's join), and stop."""
+        if self.refusal is None:
+            self.refusal = refused(self.app.gochat_settings, "Read", refused_resource(error), error, self.app.audit)
+            asyncio.ensure_future(self.app.crash(self.refusal))
 
     def ack(self, message: Any) -> bool:
         if not message.tracked and self.app.topics.acks_enabled_for(message.topic):
@@ -168,9 +208,13 @@ class Consumer(faust_aiokafka.Consumer):
         self._sought = {tp: offset for tp, offset in self._read_offset.items() if offset is not None}
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
-        async for tp, message in super().getmany(timeout):
-            yield tp, message
-            self._sought.pop(tp, None)  # the partition's first record since the seek is in
+        try:
+            async for tp, message in super().getmany(timeout):
+                yield tp, message
+                self._sought.pop(tp, None)  # the partition's first record since the seek is in
+        except AUTHORIZATION_ERRORS as error:
+            self.refuse_read(error)
+            raise
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         await super()._add_gap(tp, offset_from, offset_to)

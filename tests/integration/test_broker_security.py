@@ -13,24 +13,25 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError, TopicAuthorizationFailedError
 from aiokafka.helpers import create_ssl_context
 
-from gochat_streams import topics
+from gochat_streams import acls, topics
 from gochat_streams.audit import read_records
 from gochat_streams.devstack import BrokerSecurity, KafkaCluster, Stack, free_port
 from gochat_streams.kafka import BrokerRefused, client_kwargs
 from gochat_streams.settings import Settings
 
 from ..tls import broker_security, server_certificate
-from .conftest import WAIT_S, Cluster
+from .conftest import WAIT_S, Client, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,10 @@ def _os_env() -> dict[str, str]:
 def secured(cluster: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity]) -> Cluster:
     """The test's processes on the secured broker, each as its own principal; the test's topics
     created and its ACLs applied by the admin. ``cluster.settings`` has no account: names only."""
-    kafka, security = secured_kafka
+    return _secure(cluster, *secured_kafka)
+
+
+def _secure(cluster: Cluster, kafka: KafkaCluster, security: BrokerSecurity) -> Cluster:
     # No account in the shared env: each process, command and client gets its own (credentials).
     cluster.env["GOCHAT_BROKER_URL"] = kafka.url
 
@@ -91,6 +95,16 @@ def _as(cluster: Cluster, user: str, **overrides: str) -> Settings:
     return Settings(**{k[len("GOCHAT_"):].lower(): v for k, v in env.items()})
 
 
+async def _single_chat(connect: Any, gw1: str, gw2: str) -> tuple[Client, Client]:
+    """alice on ``gw1`` sends bob on ``gw2`` a message: acked, delivered; (alice, bob)."""
+    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
+    await alice.send("m1", "bob", content="hi bob")
+    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
+    [message] = await bob.messages(1, ack=True)
+    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+    return alice, bob
+
+
 async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_principal(
     secured: Cluster, secured_kafka: tuple[KafkaCluster, BrokerSecurity], connect: Any
 ) -> None:
@@ -99,12 +113,7 @@ async def test_the_chat_path_works_with_sasl_ssl_and_each_service_on_its_own_pri
     cluster.start_task_worker()
     gw1, gw2 = cluster.start_gateway("gw1"), cluster.start_gateway("gw2")
 
-    # Single chat across two gateways.
-    alice, bob = await connect(gw1, "alice"), await connect(gw2, "bob")
-    await alice.send("m1", "bob", content="hi bob")
-    assert await alice.next_frame() == {"type": "ack", "message_id": "m1"}
-    [message] = await bob.messages(1, ack=True)
-    assert (message["message_id"], message["from_user_id"], message["content"]) == ("m1", "alice", "hi bob")
+    alice, bob = await _single_chat(connect, gw1, gw2)
 
     # A group with an offline member: created, a message reaches the members online, the
     # task service pushes to carol, and carol's connect syncs both.
@@ -252,6 +261,12 @@ async def test_a_gateway_reads_only_its_own_topic_in_its_own_group_and_only_oper
         await producer.stop()
 
 
+def _refusal_events(log: str) -> list[tuple[str, str, str, str]]:
+    """The ``broker.refused`` audit events in a process's log: (actor, action, target, outcome)."""
+    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"broker.refused"' in line]
+    return [(e["actor"], e["action"], e["target"], e["outcome"]) for e in events]
+
+
 def test_a_refused_operation_is_logged_and_audited_by_the_service_that_tried_it(secured: Cluster) -> None:
     cluster = secured
     # gw1's principal running as gateway gw2: it may not touch gw2's downstream topic.
@@ -263,11 +278,72 @@ def test_a_refused_operation_is_logged_and_audited_by_the_service_that_tried_it(
     log = (cluster.stack.log_dir / "gateway-impostor.log").read_text()
     topic = topics.downstream_name(cluster.settings, "gw2")
     assert f"BROKER REFUSED User:gateway-gw1 Describe on topic {topic}: TopicAuthorizationFailed" in log, log[-3000:]
-    events = [json.loads(line[line.index("{"):]) for line in log.splitlines() if '"broker.refused"' in line]
-    assert [(e["actor"], e["action"], e["target"], e["outcome"]) for e in events] == [
-        ("User:gateway-gw1", "broker.refused", f"topic {topic}", "denied")]
+    assert _refusal_events(log) == [("User:gateway-gw1", "broker.refused", f"topic {topic}", "denied")]
 
     # The logic service may write to any downstream topic but create none.
     settings = _as(cluster, "logic")
     with pytest.raises(BrokerRefused, match=r"BROKER REFUSED User:logic Create on topic .*im-downstream-topic-gw9"):
         asyncio.run(topics.ensure_topics(settings, [topics.downstream(settings, "gw9")]))
+
+
+#: A worker's app and ACLs, and the resource (kind, name) whose Read its principal is denied.
+READ_REFUSALS: dict[str, tuple[str, Callable[..., list[acls.Acl]], Callable[[Settings], tuple[str, str]]]] = {
+    # Allowed to describe im-upstream-topic but not to read it: the broker refuses the fetch.
+    "logic": ("gochat_streams.app:app", acls.logic_acls, lambda s: ("topic", topics.upstream(s).name)),
+    # Allowed to find its group's coordinator but not to join the group.
+    "task": ("gochat_streams.app:task_app", acls.task_acls, lambda s: ("group", topics.task_group(s).group_id)),
+}
+
+
+@pytest.mark.parametrize("service", sorted(READ_REFUSALS))
+async def test_a_worker_refused_a_read_logs_and_audits_it_and_stops(secured: Cluster, service: str) -> None:
+    cluster, s = secured, secured.settings
+    app, service_acls, resource_of = READ_REFUSALS[service]
+    kind, name = resource_of(s)
+    # The service's ACLs for the principal "restricted", but for the Read on that resource.
+    plan = service_acls(s, {**acls.DEFAULT_PRINCIPALS, service: "restricted"})
+    withheld = acls.Acl("User:restricted", kind, name, "literal", "read")  # type: ignore[arg-type]
+    assert withheld in plan
+    await acls.apply(_as(cluster, "admin"), [acl for acl in plan if acl != withheld])
+
+    data_dir = cluster.root / service
+    data_dir.mkdir()
+    proc = cluster.stack.spawn(
+        service, [sys.executable, "-m", "faust", "-A", app, "worker", "-l", "info", "--web-port", str(free_port()),
+                  "--web-host", "127.0.0.1"],
+        {**cluster.env, **cluster.credentials("restricted"), "GOCHAT_DATA_DIR": str(data_dir)})
+    # It says so, and stops: it neither waits for its partitions for ever nor goes on without them.
+    assert proc.wait(WAIT_S) != 0
+    log = (cluster.stack.log_dir / f"{service}.log").read_text()
+    assert f"BROKER REFUSED User:restricted Read on {kind} {name}: " in log, log[-3000:]
+    assert ("User:restricted", "broker.refused", f"{kind} {name}", "denied") in _refusal_events(log)
+
+
+async def test_the_chat_path_works_on_three_secured_nodes_with_the_specs_replicas(cluster: Cluster, connect: Any) -> None:
+    """Three nodes, secured: controllers and brokers talk to each other over SASL_SSL too (no
+    PLAINTEXT listener, no anonymous super user), so the controllers form a quorum and elect
+    leaders, and an acks=all record reaches the followers' replicas."""
+    security = broker_security(cluster.root / "tls")
+    kafka = cluster.stack.start_kafka(3, security=security)
+    for node in kafka.nodes.values():
+        properties = node.config.read_text()
+        assert "PLAINTEXT" not in properties and "super.users=User:admin\n" in properties
+    for name in [name for name in cluster.env if name.endswith("_REPLICAS")]:
+        del cluster.env[name]  # the spec's: 3 copies of each topic, a write needs 2 (cluster3)
+    secured = _secure(cluster, kafka, security)
+    secured.start_worker()
+    gw1, gw2 = secured.start_gateway("gw1"), secured.start_gateway("gw2")
+    await _single_chat(connect, gw1, gw2)
+
+    # Each partition of the message's topics has the spec's replicas (upstream 3, downstream 2),
+    # enough of them in sync for an acks=all write (upstream: 2): the brokers replicate to each other.
+    specs = [topics.upstream(secured.settings), topics.downstream(secured.settings, "gw2")]
+    admin = AIOKafkaAdminClient(**client_kwargs(_as(secured, "admin")))
+    await admin.start()
+    try:
+        described = {t["topic"]: t["partitions"] for t in await admin.describe_topics([spec.name for spec in specs])}
+    finally:
+        await admin.close()
+    for spec in specs:
+        assert all(len(p["replicas"]) == spec.replicas and len(p["isr"]) >= spec.min_insync_replicas
+                   for p in described[spec.name]), (spec, described[spec.name])

@@ -137,3 +137,19 @@ def test_a_refusal_names_principal_operation_and_resource_and_is_audited(caplog:
     assert audit.pending == 1
     # Without SASL the broker knows nobody.
     assert "User:ANONYMOUS" in str(refused(Settings(), "Write", "topic x", "TopicAuthorizationFailed"))
+
+
+def test_a_refusal_from_aiokafka_names_its_resource() -> None:
+    from aiokafka.errors import (
+        ClusterAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        TopicAuthorizationFailedError,
+    )
+
+    from gochat_streams.kafka import refused_resource
+
+    assert refused_resource(TopicAuthorizationFailedError("t.im-upstream-topic")) == "topic t.im-upstream-topic"
+    # A refused commit names every topic it was refused.
+    assert refused_resource(TopicAuthorizationFailedError({"b", "a"})) == "topic a, b"
+    assert refused_resource(GroupAuthorizationFailedError("t.im-task-group")) == "group t.im-task-group"
+    assert refused_resource(ClusterAuthorizationFailedError()) == "cluster"
