@@ -27,7 +27,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from .. import topics
-from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
+from ..codecs import (DecodeError, decode_client_frame, decode_downstream, decode_recipients, decode_refusal,
+                      encode)
 from ..alerting import Alerting, Observations
 from ..audit import AuditLog, producer_send
 from ..compat.aiokafka import drain_whole_nodes, track_topic
@@ -204,11 +205,9 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         return
     try:
         message = decode_downstream(record.value)
-        seq = int(headers[topics.DOWNSTREAM_SEQ]) if topics.DOWNSTREAM_SEQ in headers else None
     except DecodeError as exc:
         raise _BadRecord(exc.reason, exc.detail) from None
-    except ValueError as exc:
-        raise _BadRecord("invalid_schema", f"{topics.DOWNSTREAM_SEQ}: {exc}") from None
+    recipients = _recipients(headers)
     try:
         opened = open_message(app[CONTENT_KEYS], message)
     except UnopenedContent as exc:
@@ -223,26 +222,38 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     target = headers.get(topics.DOWNSTREAM_CONNECTION)
     if target is not None:
         # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
-        if (conn := hub.connection(user_id, target.decode())) is not None:
-            conn.push(frame, message.from_user_id, message.message_id, seq, sync=True)
-            _traced(record, message.message_id, "sync", user_id)
+        for user_id, seq in (recipients or {}).items():
+            if (conn := hub.connection(user_id, target.decode())) is not None:
+                conn.push(frame, message.from_user_id, message.message_id, seq, sync=True)
+                _traced(record, message.message_id, "sync", user_id)
         return
-    checked_at = now_ms()
-    connections = hub.connections(user_id)
-    if seq is None:
+    if recipients is None:
         # An echo of the user's own message: for their other sockets, not the sender's.
-        for conn in connections:
+        for conn in hub.connections(user_id):
             if not conn.sent(message.message_id):
                 conn.push(frame, message.from_user_id, message.message_id, None)
         return
-    pushed = [conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
-    if not any(pushed):
-        await _bounce(app, user_id, message.message_id, seq, checked_at)
-        return
-    latency_ms = max(0, now_ms() - message.timestamp)
-    e2e_latency.labels(app[SETTINGS].gateway_id).observe(latency_ms / 1000)
-    app[LATENCIES].latency(latency_ms / 1000, time.time())
-    _traced(record, message.message_id, "live", user_id, e2e_ms=latency_ms)
+    checked_at = now_ms()
+    for user_id, seq in recipients.items():
+        pushed = [conn.push(frame, message.from_user_id, message.message_id, seq) for conn in hub.connections(user_id)]
+        if not any(pushed):
+            await _bounce(app, user_id, message.message_id, seq, checked_at)
+            continue
+        latency_ms = max(0, now_ms() - message.timestamp)
+        e2e_latency.labels(app[SETTINGS].gateway_id).observe(latency_ms / 1000)
+        app[LATENCIES].latency(latency_ms / 1000, time.time())
+        _traced(record, message.message_id, "live", user_id, e2e_ms=latency_ms)
+
+
+def _recipients(headers: dict[str, bytes]) -> dict[str, int] | None:
+    """The record's users and their inbox sequence numbers (topics.DOWNSTREAM_RECIPIENTS), if it names them."""
+    raw = headers.get(topics.DOWNSTREAM_RECIPIENTS)
+    if raw is None:
+        return None
+    try:
+        return decode_recipients(raw)
+    except DecodeError as exc:
+        raise _BadRecord(exc.reason, f"{topics.DOWNSTREAM_RECIPIENTS}: {exc.detail}") from None
 
 
 def _traced(record: ConsumerRecord, message_id: str, kind: str, user_id: str, **extra: object) -> None:

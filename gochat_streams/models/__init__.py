@@ -25,11 +25,11 @@ from .tasks import (
     Task,
     TaskType,
 )
-from .user_events import USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
+from .user_events import MAX_DELIVERY_USERS, USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
 
 __all__ = [
     "ALERT_ADAPTER", "Ack", "AckFrame", "Alert", "AlertEvent", "RuleAlert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
-    "Delivery",
+    "Delivery", "MAX_DELIVERY_USERS",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
     "METADATA_MODELS", "MembershipChange", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
     "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange", "Refusal", "RefusalCode",

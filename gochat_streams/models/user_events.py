@@ -7,12 +7,15 @@ that holds the user's presence and inbox.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
 from .common import Id, Model, TimestampMs, UserId
 from .messages import DownstreamMessage
+
+#: Users one Delivery may name: a group_fanout batch at most (settings.fanout_batch_size).
+MAX_DELIVERY_USERS = 10_000
 
 
 class PresenceChange(Model):
@@ -27,19 +30,31 @@ class PresenceChange(Model):
 
 
 class Delivery(Model):
-    """A message for ``user_id``, to be routed to wherever that user is.
+    """A message for each of ``user_ids``, to be routed to wherever each of them is.
 
-    ``user_id`` is the recipient: for a group message the member (the message's own
-    ``to_user_id`` stays null).
+    The users are the recipients: for a group message its members on one partition of
+    ``im-user-topic`` (the message's own ``to_user_id`` stays null), so that a group
+    message costs a record and an event per partition rather than per member. The
+    record's key is the first of them, which puts it on that partition
+    (routing.deliveries); the worker refuses one whose users are not all there.
 
-    The message is kept in the user's inbox until acknowledged, except an ``echo``: the
+    The message is kept in each user's inbox until acknowledged, except an ``echo``: the
     sender's own group message, for the sender's other sockets, pushed only if online.
     """
 
     kind: Literal["delivery"] = "delivery"
-    user_id: UserId
+    user_ids: list[UserId] = Field(min_length=1, max_length=MAX_DELIVERY_USERS)
     message: DownstreamMessage
     echo: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_user(cls, data: Any) -> Any:
+        """A record from before ``user_ids`` (``user_id``, one recipient) still reads, during an upgrade."""
+        if isinstance(data, dict) and "user_id" in data and "user_ids" not in data:
+            data = {**data, "user_ids": [data["user_id"]]}
+            del data["user_id"]
+        return data
 
 
 class Ack(Model):
