@@ -41,7 +41,7 @@ from ..app import app, settings
 from ..channels import downstream, logic_dead_letters, task, user
 from ..codecs import DecodeError, decode_user_event, encode, encode_recipients
 from ..metrics import count_consumed, messages_deduplicated, messages_routed
-from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
+from ..models import Ack, Acked, Bounce, Delivery, DownstreamMessage, PresenceChange, UserEvent, now_ms
 from ..outbox import Outgoing
 from ..routing import by_partition, gateways_for, offline_push_task, partition_of
 from ..tables.dedup import delivered_mark, listed, mark_key, remember
@@ -168,19 +168,24 @@ def _offline(user_id: str, message: DownstreamMessage) -> Outgoing:
 
 
 def _on_ack(ack: Ack) -> list[Outgoing]:
-    key = entry_key(ack.user_id, ack.seq)
-    entry = inbox.get(key)
-    if entry is None or entry["message_id"] != ack.message_id:
-        return []  # acknowledged before, or dropped from a full inbox
-    del inbox[key]
-    cursor: Cursor | None = inbox.get(cursor_key(ack.user_id))
-    if cursor is None or ack.seq != cursor["floor"]:
-        return []
-    floor = cursor["floor"] + 1
-    while floor < cursor["next"] and entry_key(ack.user_id, floor) not in inbox:
-        floor += 1
-    inbox[cursor_key(ack.user_id)] = {**cursor, "floor": floor}
+    for acked in ack.entries:
+        _apply(acked)
     return []
+
+
+def _apply(acked: Acked) -> None:
+    key = entry_key(acked.user_id, acked.seq)
+    entry = inbox.get(key)
+    if entry is None or entry["message_id"] != acked.message_id:
+        return  # acknowledged before, or dropped from a full inbox
+    del inbox[key]
+    cursor: Cursor | None = inbox.get(cursor_key(acked.user_id))
+    if cursor is None or acked.seq != cursor["floor"]:
+        return
+    floor = cursor["floor"] + 1
+    while floor < cursor["next"] and entry_key(acked.user_id, floor) not in inbox:
+        floor += 1
+    inbox[cursor_key(acked.user_id)] = {**cursor, "floor": floor}
 
 
 def _on_bounce(bounce: Bounce) -> list[Outgoing]:
@@ -223,11 +228,10 @@ async def deliver(stream: StreamT[bytes]) -> None:
                       to=[o.topic.get_topic_name() for o in sent])
 
 
-def _elsewhere(user_event: Any, partition: int) -> str | None:
+def _elsewhere(user_event: UserEvent, partition: int) -> str | None:
     """A user of the record whose state is not on its partition, or None.
 
     Each user's presence and inbox live on that user's partition; a record keyed by one
     user but naming another (a producer's bug) would write state no worker reads.
     """
-    users = user_event.user_ids if isinstance(user_event, Delivery) else [user_event.user_id]
-    return next((u for u in users if partition_of(u, settings.user_partitions) != partition), None)
+    return next((u for u in user_event.users if partition_of(u, settings.user_partitions) != partition), None)

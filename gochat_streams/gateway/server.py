@@ -38,7 +38,7 @@ from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, is_refusal, producer_kwargs, refused
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
-from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
+from ..models import AckFrame, Acked, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.messages import USER_MESSAGE_TYPES
 from ..monitor import publish_rule_alerts
 from ..operator import check_operator
@@ -49,7 +49,8 @@ from ..trace import hop
 from .auth import PROTOCOL, RedactTokens, audit_refusals, offered_protocols, verified
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
-from .keys import AUDIT, CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .acks import AckForwarder
+from .keys import ACKS, AUDIT, CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
 from .tls import tls_context
 from .tokens import InsecureKeyring, keyring
 
@@ -97,12 +98,14 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
     app[PRODUCER] = producer
+    app[ACKS] = AckForwarder(producer, topics.user(s).name, s.user_partitions)
     track_topic(producer, topics.audit(s).name)
     app[AUDIT].start(producer_send(producer, topics.audit(s).name))
     tasks = [asyncio.create_task(_consume_downstream(app), name="downstream-consumer"),
              asyncio.create_task(_alert_on_latency(app), name="latency-alert")]
     yield
     await cancel_all(tasks)
+    await app[ACKS].close()
     await app[AUDIT].close()
     await producer.stop()
 
@@ -387,10 +390,8 @@ async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
 async def _on_ack(app: web.Application, conn: Connection, frame: AckFrame) -> None:
     """Forward the acknowledgement of a message pushed to this socket to the user's inbox."""
     seq = conn.unacked.pop(frame.message_id)
-    s = app[SETTINGS]
-    ack = Ack(user_id=conn.user_id, message_id=frame.message_id, seq=seq)
     try:
-        await app[PRODUCER].send_and_wait(topics.user(s).name, key=conn.user_id.encode(), value=encode(ack))
+        await app[ACKS].forward(Acked(user_id=conn.user_id, message_id=frame.message_id, seq=seq))
     except KafkaError as exc:
         # Not acknowledged: the message comes again on the next connect.
         conn.unacked[frame.message_id] = seq

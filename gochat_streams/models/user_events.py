@@ -16,6 +16,8 @@ from .messages import DownstreamMessage
 
 #: Users one Delivery may name: a group_fanout batch at most (settings.fanout_batch_size).
 MAX_DELIVERY_USERS = 10_000
+#: Acknowledgements one Ack record may carry: at about 100 bytes each, well within a record.
+MAX_ACKS = 1_000
 
 
 class PresenceChange(Model):
@@ -27,6 +29,10 @@ class PresenceChange(Model):
     connection_id: Id
     online: bool
     timestamp: TimestampMs
+
+    @property
+    def users(self) -> list[str]:
+        return [self.user_id]
 
 
 class Delivery(Model):
@@ -47,6 +53,10 @@ class Delivery(Model):
     message: DownstreamMessage
     echo: bool = False
 
+    @property
+    def users(self) -> list[str]:
+        return self.user_ids
+
     @model_validator(mode="before")
     @classmethod
     def _one_user(cls, data: Any) -> Any:
@@ -57,13 +67,36 @@ class Delivery(Model):
         return data
 
 
-class Ack(Model):
-    """The user's client acknowledged the inbox entry ``seq`` (message ``message_id``)."""
+class Acked(Model):
+    """The user's client acknowledged inbox entry ``seq`` (message ``message_id``)."""
 
-    kind: Literal["ack"] = "ack"
     user_id: UserId
     message_id: Id
     seq: int = Field(ge=1)
+
+
+class Ack(Model):
+    """Acknowledgements from a gateway's sockets, of users on one partition of ``im-user-topic``.
+
+    A gateway puts the acks that arrive while its last record to that partition is in
+    flight into one record (gateway/acks.py): one event here for many, as with a group's
+    Delivery. The record's key is the first entry's user.
+    """
+
+    kind: Literal["ack"] = "ack"
+    entries: list[Acked] = Field(min_length=1, max_length=MAX_ACKS)
+
+    @property
+    def users(self) -> list[str]:
+        return [acked.user_id for acked in self.entries]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_entry(cls, data: Any) -> Any:
+        """A record from before ``entries`` (one ack, its fields at the top) still reads, during an upgrade."""
+        if isinstance(data, dict) and "entries" not in data and "seq" in data:
+            data = {"kind": data.get("kind", "ack"), "entries": [{k: v for k, v in data.items() if k != "kind"}]}
+        return data
 
 
 class Bounce(Model):
@@ -79,6 +112,10 @@ class Bounce(Model):
     message_id: Id
     seq: int = Field(ge=1)
     timestamp: TimestampMs
+
+    @property
+    def users(self) -> list[str]:
+        return [self.user_id]
 
 
 UserEvent = Annotated[Union[PresenceChange, Delivery, Ack, Bounce], Field(discriminator="kind")]

@@ -91,7 +91,7 @@ async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, conn
 
     await owner.send_to_group("hello-big", "big", "hello, everyone")
     assert await owner.next_frame() == {"type": "ack", "message_id": "hello-big"}
-    received = await asyncio.gather(*(c.messages(1) for c in clients[1:]))
+    received = await asyncio.gather(*(c.messages(1, ack=True) for c in clients[1:]))
     assert all(m["message_id"] == "hello-big" for [m] in received)
 
     s = cluster.settings
@@ -103,7 +103,8 @@ async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, conn
     # A record per partition a task's members are on, not one per member; each names
     # only users of its partition, so a user's records keep their order.
     deliveries = await consume_all(s, [topics.user(s).name], lambda rs: _named(rs, b'"hello-big"') >= 999)
-    deliveries = [r for r in deliveries if b'"hello-big"' in r.value and not json.loads(r.value)["echo"]]
+    deliveries = [r for r in deliveries if b'"hello-big"' in r.value
+                  and json.loads(r.value)["kind"] == "delivery" and not json.loads(r.value)["echo"]]
     assert len(deliveries) <= len(fanouts) * s.user_partitions
     assert Counter(u for r in deliveries for u in json.loads(r.value)["user_ids"]) == Counter(users[1:])
     assert all(_on_partition(r, json.loads(r.value)["user_ids"], s.user_partitions) for r in deliveries)
@@ -115,6 +116,18 @@ async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, conn
     assert len(pushed) <= len(deliveries) * len(gateways) * s.downstream_partitions
     assert Counter(u for r in pushed for u in _recipients(r)) == Counter(users[1:])
     assert all(_on_partition(r, list(_recipients(r)), s.downstream_partitions) for r in pushed)
+    # The members' acks, sent at once, share records: each of a partition's users.
+    acks = await consume_all(s, [topics.user(s).name], lambda rs: len(_acked(rs, "hello-big")) >= 999)
+    acks = [r for r in acks if b'"hello-big"' in r.value and json.loads(r.value)["kind"] == "ack"]
+    assert sorted(_acked(acks, "hello-big")) == users[1:]
+    assert len(acks) < 999 / 2
+    assert all(_on_partition(r, [e["user_id"] for e in json.loads(r.value)["entries"]], s.user_partitions)
+               for r in acks)
+
+
+def _acked(records: list[Any], message_id: str) -> list[str]:
+    return [e["user_id"] for r in records for e in json.loads(r.value).get("entries", ())
+            if e["message_id"] == message_id]
 
 
 def _recipients(record: Any) -> dict[str, int]:

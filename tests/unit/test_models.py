@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from gochat_streams.codecs import DecodeError, decode_task, decode_upstream, decode_user_event
 from gochat_streams.models import (
     CLIENT_FRAME_ADAPTER,
+    Ack,
     TASK_ADAPTER,
     Delivery,
     DownstreamMessage,
@@ -127,6 +128,14 @@ def test_a_delivery_names_one_or_more_users_and_reads_the_one_user_form_of_befor
     for user_ids in ([], ["a:b"]):
         with pytest.raises(DecodeError):
             decode_user_event(json.dumps({"kind": "delivery", "user_ids": user_ids, "message": message}).encode())
+
+
+def test_an_ack_carries_one_or_more_entries_and_reads_the_one_ack_form_of_before() -> None:
+    earlier = decode_user_event(json.dumps({"kind": "ack", "user_id": "bob", "message_id": "m", "seq": 3}).encode())
+    assert isinstance(earlier, Ack) and [(a.user_id, a.message_id, a.seq) for a in earlier.entries] == [("bob", "m", 3)]
+    for entries in ([], [{"user_id": "bob", "message_id": "m", "seq": 0}]):
+        with pytest.raises(DecodeError):
+            decode_user_event(json.dumps({"kind": "ack", "entries": entries}).encode())
 
 
 def test_missing_message_id_is_named() -> None:
