@@ -31,14 +31,18 @@ class AckForwarder:
         #: partition -> the task writing its records, while there is one.
         self._writers: dict[int, asyncio.Task[None]] = {}
 
-    async def forward(self, acked: Acked) -> None:
-        """Once the ack's record is written; the producer's error if it could not be."""
+    def forward(self, acked: Acked) -> asyncio.Future[None]:
+        """Queue the ack; done once its record is written, with the producer's error if it could not be.
+
+        Not awaited by the socket's reader: its next frames (the client's sends) do not wait
+        for the ack's round trip.
+        """
         partition = partition_of(acked.user_id, self.partitions)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(partition, []).append((acked, written))
         if partition not in self._writers:
             self._writers[partition] = asyncio.create_task(self._write(partition), name=f"acks to {partition}")
-        await written
+        return written
 
     async def _write(self, partition: int) -> None:
         batch: list[tuple[Acked, asyncio.Future[None]]] = []

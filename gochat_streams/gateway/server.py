@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -359,8 +360,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, message_id: str | None = None) -> None:
+    await ws.send_str(_error_frame(code, detail, message_id))
+
+
+def _error_frame(code: ErrorCode, detail: str, message_id: str | None) -> str:
     reject("gateway", code, detail)
-    await ws.send_json({"type": "error", "code": code, "detail": detail, "message_id": message_id})
+    return json.dumps({"type": "error", "code": code, "detail": detail, "message_id": message_id})
 
 
 async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
@@ -390,12 +395,16 @@ async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
 async def _on_ack(app: web.Application, conn: Connection, frame: AckFrame) -> None:
     """Forward the acknowledgement of a message pushed to this socket to the user's inbox."""
     seq = conn.unacked.pop(frame.message_id)
-    try:
-        await app[ACKS].forward(Acked(user_id=conn.user_id, message_id=frame.message_id, seq=seq))
-    except KafkaError as exc:
-        # Not acknowledged: the message comes again on the next connect.
-        conn.unacked[frame.message_id] = seq
-        await _error(conn.ws, "broker_unavailable", f"ack not recorded: {exc}", frame.message_id)
+    written = app[ACKS].forward(Acked(user_id=conn.user_id, message_id=frame.message_id, seq=seq))
+    written.add_done_callback(functools.partial(_ack_written, conn, frame.message_id, seq))
+
+
+def _ack_written(conn: Connection, message_id: str, seq: int, written: asyncio.Future[None]) -> None:
+    if written.cancelled() or (exc := written.exception()) is None:
+        return
+    # Not acknowledged: the message comes again on the next connect.
+    conn.unacked[message_id] = seq
+    conn.enqueue(_error_frame("broker_unavailable", f"ack not recorded: {exc}", message_id))
 
 
 async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> None:

@@ -36,11 +36,9 @@ async def test_acks_queued_behind_a_record_in_flight_share_the_next_one_in_order
     producer = SlowProducer()
     acks = AckForwarder(producer, "im-user-topic", 4)  # type: ignore[arg-type]
     users = _users_of(1, 4, 5)
-    first = asyncio.create_task(acks.forward(Acked(user_id=users[0], message_id="m0", seq=1)))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(acks.forward(Acked(user_id=u, message_id=f"m{i}", seq=i + 1)))
-            for i, u in enumerate(users[1:], 1)]
-    await asyncio.sleep(0)
+    first = acks.forward(Acked(user_id=users[0], message_id="m0", seq=1))
+    await asyncio.sleep(0)  # its record is in flight
+    rest = [acks.forward(Acked(user_id=u, message_id=f"m{i}", seq=i + 1)) for i, u in enumerate(users[1:], 1)]
     producer.release.set()
     await asyncio.gather(first, *rest)
     assert producer.written == [
@@ -63,7 +61,7 @@ async def test_each_partition_has_records_of_its_own_users() -> None:
 async def test_a_record_not_written_fails_each_of_its_acks_and_the_next_ones_go_on() -> None:
     producer = SlowProducer()
     acks = AckForwarder(producer, "im-user-topic", 1)  # type: ignore[arg-type]
-    failing = [asyncio.create_task(acks.forward(Acked(user_id=f"u{i}", message_id="m", seq=1))) for i in range(3)]
+    failing = [acks.forward(Acked(user_id=f"u{i}", message_id="m", seq=1)) for i in range(3)]
     await asyncio.sleep(0)
     producer.fail = KafkaTimeoutError()
     producer.release.set()
@@ -78,8 +76,7 @@ async def test_a_record_not_written_fails_each_of_its_acks_and_the_next_ones_go_
 async def test_closing_cancels_what_is_not_written() -> None:
     producer = SlowProducer()
     acks = AckForwarder(producer, "im-user-topic", 1)  # type: ignore[arg-type]
-    waiting: list[Any] = [asyncio.create_task(acks.forward(Acked(user_id=f"u{i}", message_id="m", seq=1)))
-                          for i in range(3)]
+    waiting: list[Any] = [acks.forward(Acked(user_id=f"u{i}", message_id="m", seq=1)) for i in range(3)]
     await asyncio.sleep(0)
     await acks.close()
     for task in waiting:
