@@ -30,6 +30,8 @@ class AckForwarder:
         self._waiting: dict[int, list[tuple[Acked, asyncio.Future[None]]]] = {}
         #: partition -> the task writing its records, while there is one.
         self._writers: dict[int, asyncio.Task[None]] = {}
+        #: partition -> the newest ack queued for it (records are written in order).
+        self._newest: dict[int, asyncio.Future[None]] = {}
 
     def forward(self, acked: Acked) -> asyncio.Future[None]:
         """Queue the ack; done once its record is written, with the producer's error if it could not be.
@@ -40,9 +42,20 @@ class AckForwarder:
         partition = partition_of(acked.user_id, self.partitions)
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(partition, []).append((acked, written))
+        self._newest[partition] = written
         if partition not in self._writers:
             self._writers[partition] = asyncio.create_task(self._write(partition), name=f"acks to {partition}")
         return written
+
+    async def written(self, user_id: str) -> None:
+        """Once the acks queued so far for the user's partition are written (or failed).
+
+        The gateway's other records of a user wait for it: a socket that acked and
+        reconnects must not be synced, ahead of its acks, what it acknowledged.
+        """
+        newest = self._newest.get(partition_of(user_id, self.partitions))
+        if newest is not None and not newest.done():
+            await asyncio.wait([newest])
 
     async def _write(self, partition: int) -> None:
         batch: list[tuple[Acked, asyncio.Future[None]]] = []

@@ -308,6 +308,7 @@ async def _publish_presence(app: web.Application, user_id: str, connection_id: s
     change = PresenceChange(
         user_id=user_id, gateway_id=s.gateway_id, connection_id=connection_id, online=online, timestamp=now_ms()
     )
+    await app[ACKS].written(user_id)  # a connect after acks must not sync what they acknowledged
     await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(change))
 
 

@@ -82,3 +82,17 @@ async def test_closing_cancels_what_is_not_written() -> None:
     for task in waiting:
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_written_waits_for_the_acks_queued_before_on_the_users_partition() -> None:
+    producer = SlowProducer()
+    acks = AckForwarder(producer, "im-user-topic", 2)  # type: ignore[arg-type]
+    [mine, other] = _users_of(0, 2, 1) + _users_of(1, 2, 1)
+    acks.forward(Acked(user_id=mine, message_id="m", seq=1))
+    await acks.written(other)  # nothing queued on its partition
+    waiting = asyncio.ensure_future(acks.written(mine))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    producer.release.set()
+    await waiting
+    assert producer.written == [(mine, [(mine, "m", 1)])]
