@@ -98,7 +98,7 @@ def main() -> None:
     shared.add_argument("--kafka-nodes", type=int, choices=(1, 3), default=1,
                         help="nodes of its own Kafka cluster (3: the spec's replicas)")
     shared.add_argument("--profile", action="store_true",
-                        help="sample the servers with py-spy while the clock runs (logic, e2e)")
+                        help="sample the servers with py-spy while the clock runs (logic, e2e, group)")
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     scenarios = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")

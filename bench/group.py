@@ -104,7 +104,8 @@ async def run_group(bench: Bench, members: int, groups: int) -> Result:
             # creations) are handled first, not counted in the case.
             await wait_consumed(bench.settings, topics.logic_group(bench.settings).group_id,
                                 topics.user(bench.settings).name)
-            rows.append(await _case(worker, clients, receipts, users, case, targets, members))
+            with bench.profiled(worker, *gateways):
+                rows.append(await _case(worker, clients, receipts, users, case, targets, members))
     extra = {"members": members, "groups": groups, "gateways": len(GATEWAYS), "fanout_env": fanout,
              "errors": dict(receipts.errors), "dropped_sockets": clients.dropped}
     return Result(rows, extra)

@@ -6,9 +6,11 @@ count, report and dead-letter by reason and never see a pydantic or JSON excepti
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import json
+from collections.abc import Mapping
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from .models import (
     ALERT_ADAPTER,
@@ -24,6 +26,7 @@ from .models import (
     UpstreamMessage,
     UserEvent,
 )
+from .models.common import UserId
 from .models.messages import is_sealed
 
 DecodeReason = Literal["malformed_json", "invalid_schema", "unknown_type", "missing_field", "oversize"]
@@ -33,6 +36,8 @@ _UPSTREAM_ADAPTER: TypeAdapter[UpstreamMessage] = TypeAdapter(UpstreamMessage)
 _DOWNSTREAM_ADAPTER: TypeAdapter[DownstreamMessage] = TypeAdapter(DownstreamMessage)
 _REFUSAL_ADAPTER: TypeAdapter[Refusal] = TypeAdapter(Refusal)
 _DEAD_LETTER_ADAPTER: TypeAdapter[DeadLetter] = TypeAdapter(DeadLetter)
+#: A downstream record's users and their inbox sequence numbers (topics.DOWNSTREAM_RECIPIENTS).
+_RECIPIENTS_ADAPTER: TypeAdapter[dict[str, int]] = TypeAdapter(dict[UserId, Annotated[int, Field(ge=1)]])
 #: A record larger than this is refused before it is parsed.
 MAX_RECORD_BYTES = 1024 * 1024
 
@@ -90,6 +95,14 @@ def decode_upstream(data: bytes, *, max_content_chars: int, max_sealed_chars: in
 
 def decode_downstream(data: bytes) -> DownstreamMessage:
     return decode(_DOWNSTREAM_ADAPTER, data)
+
+
+def decode_recipients(data: bytes) -> dict[str, int]:
+    return decode(_RECIPIENTS_ADAPTER, data)
+
+
+def encode_recipients(seqs: Mapping[str, int]) -> bytes:
+    return json.dumps(seqs, separators=(",", ":")).encode()
 
 
 def decode_refusal(data: bytes) -> Refusal:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+
+from aiokafka.partitioner import murmur2
 
 from .models import (
+    MAX_DELIVERY_USERS,
     USER_MESSAGE_TYPES,
+    Delivery,
     DownstreamMessage,
     GroupFanoutPayload,
     GroupFanoutTask,
@@ -48,6 +52,30 @@ def is_single_chat(message: UpstreamMessage) -> bool:
 def gateways_for(connections: Mapping[str, Mapping[str, int]] | None) -> list[str]:
     """The gateways that hold at least one of a user's sockets, in a stable order."""
     return sorted(gw for gw, conns in (connections or {}).items() if conns)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of a record keyed ``key``: what the producers' DefaultPartitioner picks
+    (murmur2, as Kafka's Java client), given the topic's ``partitions``."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def by_partition(keys: Iterable[str], partitions: int) -> list[list[str]]:
+    """``keys`` grouped by :func:`partition_of`, in their order, each once.
+
+    A record keyed by the first of a group lands on the partition of every key in it:
+    one record can stand for each of them without leaving any key's order.
+    """
+    groups: dict[int, list[str]] = {}
+    for key in dict.fromkeys(keys):
+        groups.setdefault(partition_of(key, partitions), []).append(key)
+    return list(groups.values())
+
+
+def deliveries(message: DownstreamMessage, members: Iterable[str], partitions: int) -> list[Delivery]:
+    """A group message for ``members``: one Delivery per partition of ``im-user-topic`` they are on."""
+    return [Delivery(user_ids=users[start:start + MAX_DELIVERY_USERS], message=message)
+            for users in by_partition(members, partitions) for start in range(0, len(users), MAX_DELIVERY_USERS)]
 
 
 def push_preview(from_user_id: str, message_type: str, content: str) -> str:

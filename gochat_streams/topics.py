@@ -30,11 +30,14 @@ everything re-keyed by recipient: the presence and inbox tables are written from
 a worker reads them only for the users whose partitions it owns, which are exactly the
 users whose messages it routes (agents/delivery.py).
 
-A downstream record's key is the user to push to (for a group message, the member:
-the message's own ``to_user_id`` stays null). Headers, all optional, say more:
-``DOWNSTREAM_SEQ`` the user's inbox sequence number (the client acknowledges it; an
-echo of the user's own message has none), ``DOWNSTREAM_CONNECTION`` the one socket to
-push to (reconnect sync), ``DOWNSTREAM_KIND`` ``error`` for a :class:`Refusal` value.
+A downstream record's value is one message (or a :class:`Refusal`); its headers say
+to whom. ``DOWNSTREAM_RECIPIENTS``: a JSON object, each user to push to -> that user's
+inbox sequence number (the client acknowledges it); for a group message, the members
+on this gateway whose records share a partition (routing.by_partition), so one record
+serves many without leaving any user's order. The record's key is the first of them.
+``DOWNSTREAM_CONNECTION``: the one socket to push to (reconnect sync, one recipient).
+Without recipients the key is the one user: an echo of the user's own message (no
+sequence number), or, with ``DOWNSTREAM_KIND`` ``error``, a refusal.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ TASK_DLQ = "im-task-dlq"
 ALERT = "im-alert-topic"
 AUDIT = "im-audit-topic"
 
-DOWNSTREAM_SEQ = "gochat-seq"
+DOWNSTREAM_RECIPIENTS = "gochat-recipients"
 DOWNSTREAM_CONNECTION = "gochat-connection"
 DOWNSTREAM_KIND = "gochat-kind"
 

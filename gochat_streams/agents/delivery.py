@@ -7,6 +7,13 @@ user's connects, messages, acks and bounces are on one partition, handled in ord
 No GlobalTable: every worker would hold every user, and a message could be routed on
 a presence change that worker had not yet read.
 
+Group messages: a Delivery names every member of the group on its partition, so a
+1,000-member group is about 10 events here, not 1,000. Each member still gets an inbox
+entry, a mark and a cursor write, in member order; the online ones are pushed in one
+record per gateway and downstream partition, which names them with their seqs
+(topics.DOWNSTREAM_RECIPIENTS), the offline ones each get a push task. A record naming
+a user of another partition is dead-lettered: that user's state is not here.
+
 Reconnect sync: each message for a user gets the next number of the user's inbox and
 stays there until the user acknowledges it. When a socket connects, the pending
 entries go to that socket alone, in order, and every later message goes to all the
@@ -23,24 +30,24 @@ already has it.
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import time
 
 from faust import StreamT
 
 from ..app import app, settings
 from ..channels import downstream, logic_dead_letters, task, user
-from ..codecs import DecodeError, decode_user_event, encode
+from ..codecs import DecodeError, decode_user_event, encode, encode_recipients
 from ..metrics import count_consumed, messages_deduplicated, messages_routed
-from ..models import Ack, Bounce, Delivery, DownstreamMessage, PresenceChange, now_ms
+from ..models import Ack, Acked, Bounce, Delivery, DownstreamMessage, PresenceChange, UserEvent, now_ms
 from ..outbox import Outgoing
-from ..routing import gateways_for, offline_push_task
+from ..routing import by_partition, gateways_for, offline_push_task, partition_of
 from ..tables.dedup import delivered_mark, listed, mark_key, remember
 from ..tables.inbox import Cursor, cursor_key, entry_key, inbox
 from ..tables.presence import presence, with_connection, without_connection, without_stale
-from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_SEQ
+from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_RECIPIENTS
 from ..trace import event_hop, sampled
 
 
@@ -73,7 +80,8 @@ def _sync(change: PresenceChange) -> list[Outgoing]:
     for seq in range(cursor["floor"], cursor["next"]):
         entry = inbox.get(entry_key(change.user_id, seq))
         if entry is not None:
-            headers = {DOWNSTREAM_SEQ: str(seq).encode(), DOWNSTREAM_CONNECTION: change.connection_id.encode()}
+            headers = {DOWNSTREAM_RECIPIENTS: encode_recipients({change.user_id: seq}),
+                       DOWNSTREAM_CONNECTION: change.connection_id.encode()}
             out.append(_push(change.gateway_id, change.user_id, _encode_entry(entry), headers))
     if out:
         messages_routed.labels("sync").inc(len(out))
@@ -84,15 +92,15 @@ def _encode_entry(entry: Mapping[str, Any]) -> bytes:
     return encode(DownstreamMessage.model_construct(**entry))
 
 
-def _keep(user_id: str, message: DownstreamMessage, mark: str, now: int, ttl: int) -> int:
-    """Put the message in the user's inbox and mark it delivered; its sequence number.
+def _keep(user_id: str, entry: dict[str, Any], mark: str, now: int, ttl: int) -> int:
+    """Put the message (``entry``) in the user's inbox and mark it delivered; its sequence number.
 
     Written in this order (entry, mark, cursor), which the changelog keeps: a mark
-    found after a crash always has its entry, and _on_delivery mends the cursor.
+    found after a crash always has its entry, and _kept mends the cursor.
     """
     cursor: Cursor = inbox.get(cursor_key(user_id)) or {"next": 1, "floor": 1, "log": None}
     seq = cursor["next"]
-    inbox[entry_key(user_id, seq)] = message.model_dump(mode="json")
+    inbox[entry_key(user_id, seq)] = entry
     log = remember(inbox, user_id, cursor["log"], mark, seq, now, ttl)
     floor = cursor["floor"]
     while seq + 1 - floor > settings.inbox_max_pending:
@@ -104,33 +112,53 @@ def _keep(user_id: str, message: DownstreamMessage, mark: str, now: int, ttl: in
     return seq
 
 
-def _on_delivery(delivery: Delivery) -> list[Outgoing]:
-    user_id, message = delivery.user_id, delivery.message
-    gateways = gateways_for(presence.get(user_id))
-    if delivery.echo:
-        # The sender's own message, for their other sockets: nothing to sync or push.
-        return [_push(gateway_id, user_id, encode(message)) for gateway_id in gateways]
+def _kept(user_id: str, message: DownstreamMessage, entry: dict[str, Any], now: int, ttl: int) -> int | None:
+    """The message's sequence number in the user's inbox, kept now unless it was before
+    (dedup); None if it was and is no longer pending: nothing to push."""
     key = mark_key(user_id, message.from_user_id, message.message_id)
-    now, ttl = now_ms(), settings.dedup_ttl_s * 1000
     mark = delivered_mark(inbox, key, now, ttl)
     if mark is None:
-        seq = _keep(user_id, message, key, now, ttl)
-    else:
-        messages_deduplicated.labels("logic").inc()
-        seq = mark["seq"]
-        cursor: Cursor | None = inbox.get(cursor_key(user_id))
-        if cursor is None or cursor["next"] <= seq:  # killed between mark and cursor
-            log = listed(inbox, user_id, cursor["log"] if cursor else None, key, now, ttl)
-            inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": cursor["floor"] if cursor else 1, "log": log}
-        entry = inbox.get(entry_key(user_id, seq))
-        if entry is None or entry["message_id"] != message.message_id:
-            return []  # acknowledged, or dropped from a full inbox
-    if gateways:
-        headers = {DOWNSTREAM_SEQ: str(seq).encode()}
+        return _keep(user_id, entry, key, now, ttl)
+    messages_deduplicated.labels("logic").inc()
+    seq: int = mark["seq"]
+    cursor: Cursor | None = inbox.get(cursor_key(user_id))
+    if cursor is None or cursor["next"] <= seq:  # killed between mark and cursor
+        log = listed(inbox, user_id, cursor["log"] if cursor else None, key, now, ttl)
+        inbox[cursor_key(user_id)] = {"next": seq + 1, "floor": cursor["floor"] if cursor else 1, "log": log}
+    pending = inbox.get(entry_key(user_id, seq))
+    if pending is None or pending["message_id"] != message.message_id:
+        return None  # acknowledged, or dropped from a full inbox
+    return seq
+
+
+def _on_delivery(delivery: Delivery) -> list[Outgoing]:
+    message = delivery.message
+    if delivery.echo:
+        # The sender's own message, for their other sockets: nothing to sync or push.
         value = encode(message)
-        messages_routed.labels("online").inc()
-        return [_push(gateway_id, user_id, value, headers) for gateway_id in gateways]
-    return [_offline(user_id, message)]
+        return [_push(gateway_id, user_id, value)
+                for user_id in delivery.user_ids for gateway_id in gateways_for(presence.get(user_id))]
+    now, ttl = now_ms(), settings.dedup_ttl_s * 1000
+    entry = message.model_dump(mode="json")
+    online: defaultdict[str, dict[str, int]] = defaultdict(dict)  # gateway -> {user: seq}
+    out = []
+    for user_id in delivery.user_ids:
+        seq = _kept(user_id, message, entry, now, ttl)
+        if seq is None:
+            continue
+        gateways = gateways_for(presence.get(user_id))
+        for gateway_id in gateways:
+            online[gateway_id][user_id] = seq
+        if not gateways:
+            out.append(_offline(user_id, message))
+    if online:
+        value = encode(message)
+        for gateway_id, seqs in online.items():
+            for users in by_partition(seqs, settings.downstream_partitions):
+                out.append(_push(gateway_id, users[0], value,
+                                 {DOWNSTREAM_RECIPIENTS: encode_recipients({user: seqs[user] for user in users})}))
+        messages_routed.labels("online").inc(len({user for seqs in online.values() for user in seqs}))
+    return out
 
 
 def _offline(user_id: str, message: DownstreamMessage) -> Outgoing:
@@ -140,19 +168,24 @@ def _offline(user_id: str, message: DownstreamMessage) -> Outgoing:
 
 
 def _on_ack(ack: Ack) -> list[Outgoing]:
-    key = entry_key(ack.user_id, ack.seq)
-    entry = inbox.get(key)
-    if entry is None or entry["message_id"] != ack.message_id:
-        return []  # acknowledged before, or dropped from a full inbox
-    del inbox[key]
-    cursor: Cursor | None = inbox.get(cursor_key(ack.user_id))
-    if cursor is None or ack.seq != cursor["floor"]:
-        return []
-    floor = cursor["floor"] + 1
-    while floor < cursor["next"] and entry_key(ack.user_id, floor) not in inbox:
-        floor += 1
-    inbox[cursor_key(ack.user_id)] = {**cursor, "floor": floor}
+    for acked in ack.entries:
+        _apply(acked)
     return []
+
+
+def _apply(acked: Acked) -> None:
+    key = entry_key(acked.user_id, acked.seq)
+    entry = inbox.get(key)
+    if entry is None or entry["message_id"] != acked.message_id:
+        return  # acknowledged before, or dropped from a full inbox
+    del inbox[key]
+    cursor: Cursor | None = inbox.get(cursor_key(acked.user_id))
+    if cursor is None or acked.seq != cursor["floor"]:
+        return
+    floor = cursor["floor"] + 1
+    while floor < cursor["next"] and entry_key(acked.user_id, floor) not in inbox:
+        floor += 1
+    inbox[cursor_key(acked.user_id)] = {**cursor, "floor": floor}
 
 
 def _on_bounce(bounce: Bounce) -> list[Outgoing]:
@@ -185,7 +218,20 @@ async def deliver(stream: StreamT[bytes]) -> None:
         except DecodeError as exc:
             await logic_dead_letters.bury(event, "user", exc.reason, exc.detail)
             continue
+        if (elsewhere := _elsewhere(user_event, event.message.partition)) is not None:
+            await logic_dead_letters.bury(event, "user", "wrong_partition",
+                                          f"{elsewhere} is not on partition {event.message.partition}")
+            continue
         sent = await logic_dead_letters.handle(event, "user", lambda: _HANDLERS[type(user_event)](user_event))
         if isinstance(user_event, Delivery) and not user_event.echo and sampled(user_event.message.message_id):
-            event_hop("deliver", user_event.message.message_id, event, started, user_id=user_event.user_id,
+            event_hop("deliver", user_event.message.message_id, event, started, user_ids=user_event.user_ids,
                       to=[o.topic.get_topic_name() for o in sent])
+
+
+def _elsewhere(user_event: UserEvent, partition: int) -> str | None:
+    """A user of the record whose state is not on its partition, or None.
+
+    Each user's presence and inbox live on that user's partition; a record keyed by one
+    user but naming another (a producer's bug) would write state no worker reads.
+    """
+    return next((u for u in user_event.users if partition_of(u, settings.user_partitions) != partition), None)

@@ -4,7 +4,7 @@
 sees its messages and membership changes in order: a message sent after a kick is
 checked against the group without the kicked member.
 
-Small groups fan out here, one Delivery per member on ``im-user-topic``; larger groups
+Small groups fan out here, one Delivery per partition of ``im-user-topic`` their members are on; larger groups
 through ``group_fanout`` tasks that the task service expands (agents/tasks.py). Either
 way the sender's other sockets get an echo, and the message is persisted once.
 """
@@ -23,7 +23,7 @@ from ..conversations import Outcome, Refused, apply, target_id
 from ..metrics import count_consumed, messages_routed, reject
 from ..models import USER_MESSAGE_TYPES, Delivery, Refusal, UpstreamMessage
 from ..outbox import Outgoing
-from ..routing import fanout_tasks, persist_task
+from ..routing import deliveries, fanout_tasks, persist_task
 from ..tables.groups import groups
 from ..topics import DOWNSTREAM_KIND
 from ..trace import event_hop
@@ -45,10 +45,11 @@ def _fan_out(group_id: str, outcome: Outcome) -> list[Outgoing]:
         for fanout in fanout_tasks(message, group_id, outcome.recipients, sender, settings.fanout_batch_size):
             out.append(Outgoing(task, fanout.task_type, encode(fanout)))
     else:
-        out += [Outgoing(user, member, encode(Delivery(user_id=member, message=message)))
-                for member in outcome.recipients if member != sender]
+        out += [Outgoing(user, delivery.user_ids[0], encode(delivery))
+                for delivery in deliveries(message, (m for m in outcome.recipients if m != sender),
+                                               settings.user_partitions)]
     if sender in outcome.recipients:
-        out.append(Outgoing(user, sender, encode(Delivery(user_id=sender, message=message, echo=True))))
+        out.append(Outgoing(user, sender, encode(Delivery(user_ids=[sender], message=message, echo=True))))
     messages_routed.labels("group_fanout" if large else "group").inc()
     return out
 

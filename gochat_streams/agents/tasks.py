@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from faust import StreamT
 from faust.types import EventT
@@ -31,15 +30,15 @@ from ..codecs import DecodeError, decode_task, encode
 from ..deadletters import retrying
 from ..history import RecentMessages
 from ..metrics import count_consumed, history_invalidation_failures, tasks_done, tasks_failed
-from ..models import Delivery, GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
+from ..models import GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
 from ..push import Pusher, create_pusher
+from ..routing import deliveries
 from ..store import MessageStore, open_store
 from ..topics import task_group
 from ..trace import event_hop
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T", OfflinePushTask, GroupFanoutTask)
 #: How long a partial batch waits for more tasks before it is handled.
 _BATCH_WAIT_S = 0.05
 #: Conversations invalidated again in one Redis transaction.
@@ -148,15 +147,15 @@ class TaskHandlers:
         await self.pusher.push(task.payload)
         tasks_done.labels("offline_push").inc()
 
-    async def fan_out(self, task: GroupFanoutTask) -> None:
-        payload = task.payload
-        assert payload.member_ids is not None and payload.message is not None  # checked in handle()
-        excluded = set(payload.exclude_user_ids)
-        for member in payload.member_ids:
-            if member not in excluded:
-                delivery = Delivery(user_id=member, message=payload.message)
-                await task_service_user.send(key=member, value=encode(delivery))
-        tasks_done.labels("group_fanout").inc()
+    async def fan_out(self, tasks: Sequence[GroupFanoutTask]) -> None:
+        """The batches of one message, taken together: a Delivery per partition of their members."""
+        message = tasks[0].payload.message
+        assert message is not None  # checked in handle()
+        excluded = {user for t in tasks for user in t.payload.exclude_user_ids}
+        members = (member for t in tasks for member in t.payload.member_ids or () if member not in excluded)
+        for delivery in deliveries(message, members, settings.user_partitions):
+            await task_service_user.send(key=delivery.user_ids[0], value=encode(delivery))
+        tasks_done.labels("group_fanout").inc(len(tasks))
 
     async def handle(self, events: Sequence[EventT]) -> None:
         started = time.perf_counter()
@@ -178,11 +177,9 @@ class TaskHandlers:
         # History first: a push makes its user open the app and read it.
         await self._persist_all(persists)
         # Concurrently: one slow push endpoint must not cost a batch its sum of timeouts.
-        await asyncio.gather(*(self._attempt(event, task, self.push) for event, task in others
+        await asyncio.gather(*(self._push_one(event, task) for event, task in others
                                if isinstance(task, OfflinePushTask)))
-        for event, task in others:
-            if isinstance(task, GroupFanoutTask):
-                await self._attempt(event, task, self.fan_out)
+        await self._fan_out_all([(event, task) for event, task in others if isinstance(task, GroupFanoutTask)])
         for event, task in [*persists, *others]:
             event_hop("task", task.payload.message_id, event, started, task_type=task.task_type,
                       task_id=task.task_id, batch=len(events))
@@ -206,8 +203,27 @@ class TaskHandlers:
             except Exception as exc:  # dead-lettered, with the attempts the batch had
                 await self._give_up(event, task, exc)
 
-    async def _attempt(self, event: EventT, task: T, handler: Callable[[T], Awaitable[None]]) -> None:
-        failure = await retrying(lambda: handler(task), attempts=settings.max_attempts,
+    async def _fan_out_all(self, fanouts: Sequence[tuple[EventT, GroupFanoutTask]]) -> None:
+        """Each message's batches together: a 1,000-member group's 10 tasks become a record per
+        partition rather than per task and partition. If that keeps failing, its tasks are dead-lettered."""
+        by_message: dict[tuple[str, str, str], list[tuple[EventT, GroupFanoutTask]]] = {}
+        for event, task in fanouts:
+            payload = task.payload
+            assert payload.message is not None  # checked in handle()
+            by_message.setdefault((payload.group_id, payload.message.from_user_id, payload.message_id),
+                                  []).append((event, task))
+        for (group_id, _, message_id), batch in by_message.items():
+            tasks = [task for _, task in batch]
+            failure = await retrying(lambda: self.fan_out(tasks), attempts=settings.max_attempts,
+                                     backoff_s=settings.retry_backoff_s,
+                                     what=f"group_fanout of {message_id} to {group_id}: {len(tasks)} tasks",
+                                     service="task")
+            if failure is not None:
+                for event, task in batch:
+                    await self._give_up(event, task, failure)
+
+    async def _push_one(self, event: EventT, task: OfflinePushTask) -> None:
+        failure = await retrying(lambda: self.push(task), attempts=settings.max_attempts,
                                  backoff_s=settings.retry_backoff_s, what=f"{task.task_type} {task.task_id}",
                                  service="task")
         if failure is not None:

@@ -33,7 +33,7 @@ def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
     delivered = message.to_downstream().model_copy(update={"conversation_id": conversation_id})
     messages_routed.labels("single").inc()
     return [
-        Outgoing(user, message.to_user_id, encode(Delivery(user_id=message.to_user_id, message=delivered))),
+        Outgoing(user, message.to_user_id, encode(Delivery(user_ids=[message.to_user_id], message=delivered))),
         Outgoing(task, "persist_message", encode(persist_task(delivered))),
     ]
 

@@ -13,6 +13,7 @@ from ..content_crypto import ContentKeyring
 from ..history import RecentMessages
 from ..settings import Settings
 from ..store import MessageStore
+from .acks import AckForwarder
 from .hub import Hub
 from .tokens import Keyring
 
@@ -22,6 +23,8 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 #: Set once the downstream consumer has its partitions and positions: before that,
 #: with ``auto.offset.reset=latest``, a message for a new socket could be skipped.
 READY = web.AppKey("ready", asyncio.Event)
+#: This gateway's acks on their way to the users' inboxes, many to a record (acks.py).
+ACKS = web.AppKey("acks", AckForwarder)
 #: Messages handed to the producer and not yet acknowledged by the broker.
 UNSENT = web.AppKey("unsent", asyncio.Semaphore)
 STORE = web.AppKey("store", MessageStore)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -27,7 +28,8 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from .. import topics
-from ..codecs import DecodeError, decode_client_frame, decode_downstream, decode_refusal, encode
+from ..codecs import (DecodeError, decode_client_frame, decode_downstream, decode_recipients, decode_refusal,
+                      encode)
 from ..alerting import Alerting, Observations
 from ..audit import AuditLog, producer_send
 from ..compat.aiokafka import drain_whole_nodes, track_topic
@@ -37,7 +39,7 @@ from ..conversations import single_chat_id
 from ..deadletters import buried, dead_letter, retrying
 from ..kafka import consumer_kwargs, is_refusal, producer_kwargs, refused
 from ..metrics import count_consumed, e2e_latency, gateway_connections, messages_deduplicated, reject, sockets_closed
-from ..models import Ack, AckFrame, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
+from ..models import AckFrame, Acked, Bounce, ErrorCode, PresenceChange, SendFrame, UpstreamMessage, now_ms
 from ..models.messages import USER_MESSAGE_TYPES
 from ..monitor import publish_rule_alerts
 from ..operator import check_operator
@@ -48,7 +50,8 @@ from ..trace import hop
 from .auth import PROTOCOL, RedactTokens, audit_refusals, offered_protocols, verified
 from .history import history, history_clients
 from .hub import Connection, Hub, SendLimits, TokenBucket
-from .keys import AUDIT, CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
+from .acks import AckForwarder
+from .keys import ACKS, AUDIT, CONTENT_KEYS, HUB, KEYRING, LATENCIES, PRODUCER, READY, SETTINGS, UNSENT
 from .tls import tls_context
 from .tokens import InsecureKeyring, keyring
 
@@ -96,12 +99,14 @@ async def _kafka_clients(app: web.Application) -> AsyncIterator[None]:
     for topic in (topics.upstream(s).name, topics.user(s).name, topics.upstream_dlq(s).name, topics.alert(s).name):
         track_topic(producer, topic)
     app[PRODUCER] = producer
+    app[ACKS] = AckForwarder(producer, topics.user(s).name, s.user_partitions)
     track_topic(producer, topics.audit(s).name)
     app[AUDIT].start(producer_send(producer, topics.audit(s).name))
     tasks = [asyncio.create_task(_consume_downstream(app), name="downstream-consumer"),
              asyncio.create_task(_alert_on_latency(app), name="latency-alert")]
     yield
     await cancel_all(tasks)
+    await app[ACKS].close()
     await app[AUDIT].close()
     await producer.stop()
 
@@ -204,11 +209,9 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
         return
     try:
         message = decode_downstream(record.value)
-        seq = int(headers[topics.DOWNSTREAM_SEQ]) if topics.DOWNSTREAM_SEQ in headers else None
     except DecodeError as exc:
         raise _BadRecord(exc.reason, exc.detail) from None
-    except ValueError as exc:
-        raise _BadRecord("invalid_schema", f"{topics.DOWNSTREAM_SEQ}: {exc}") from None
+    recipients = _recipients(headers)
     try:
         opened = open_message(app[CONTENT_KEYS], message)
     except UnopenedContent as exc:
@@ -223,26 +226,38 @@ async def _on_downstream(app: web.Application, record: ConsumerRecord) -> None:
     target = headers.get(topics.DOWNSTREAM_CONNECTION)
     if target is not None:
         # Reconnect sync, for the socket that connected; if it is gone, the entry stays pending.
-        if (conn := hub.connection(user_id, target.decode())) is not None:
-            conn.push(frame, message.from_user_id, message.message_id, seq, sync=True)
-            _traced(record, message.message_id, "sync", user_id)
+        for user_id, seq in (recipients or {}).items():
+            if (conn := hub.connection(user_id, target.decode())) is not None:
+                conn.push(frame, message.from_user_id, message.message_id, seq, sync=True)
+                _traced(record, message.message_id, "sync", user_id)
         return
-    checked_at = now_ms()
-    connections = hub.connections(user_id)
-    if seq is None:
+    if recipients is None:
         # An echo of the user's own message: for their other sockets, not the sender's.
-        for conn in connections:
+        for conn in hub.connections(user_id):
             if not conn.sent(message.message_id):
                 conn.push(frame, message.from_user_id, message.message_id, None)
         return
-    pushed = [conn.push(frame, message.from_user_id, message.message_id, seq) for conn in connections]
-    if not any(pushed):
-        await _bounce(app, user_id, message.message_id, seq, checked_at)
-        return
-    latency_ms = max(0, now_ms() - message.timestamp)
-    e2e_latency.labels(app[SETTINGS].gateway_id).observe(latency_ms / 1000)
-    app[LATENCIES].latency(latency_ms / 1000, time.time())
-    _traced(record, message.message_id, "live", user_id, e2e_ms=latency_ms)
+    checked_at = now_ms()
+    for user_id, seq in recipients.items():
+        pushed = [conn.push(frame, message.from_user_id, message.message_id, seq) for conn in hub.connections(user_id)]
+        if not any(pushed):
+            await _bounce(app, user_id, message.message_id, seq, checked_at)
+            continue
+        latency_ms = max(0, now_ms() - message.timestamp)
+        e2e_latency.labels(app[SETTINGS].gateway_id).observe(latency_ms / 1000)
+        app[LATENCIES].latency(latency_ms / 1000, time.time())
+        _traced(record, message.message_id, "live", user_id, e2e_ms=latency_ms)
+
+
+def _recipients(headers: dict[str, bytes]) -> dict[str, int] | None:
+    """The record's users and their inbox sequence numbers (topics.DOWNSTREAM_RECIPIENTS), if it names them."""
+    raw = headers.get(topics.DOWNSTREAM_RECIPIENTS)
+    if raw is None:
+        return None
+    try:
+        return decode_recipients(raw)
+    except DecodeError as exc:
+        raise _BadRecord(exc.reason, f"{topics.DOWNSTREAM_RECIPIENTS}: {exc.detail}") from None
 
 
 def _traced(record: ConsumerRecord, message_id: str, kind: str, user_id: str, **extra: object) -> None:
@@ -293,6 +308,7 @@ async def _publish_presence(app: web.Application, user_id: str, connection_id: s
     change = PresenceChange(
         user_id=user_id, gateway_id=s.gateway_id, connection_id=connection_id, online=online, timestamp=now_ms()
     )
+    await app[ACKS].written(user_id)  # a connect after acks must not sync what they acknowledged
     await app[PRODUCER].send_and_wait(topics.user(s).name, key=user_id.encode(), value=encode(change))
 
 
@@ -345,8 +361,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _error(ws: web.WebSocketResponse, code: ErrorCode, detail: str, message_id: str | None = None) -> None:
+    await ws.send_str(_error_frame(code, detail, message_id))
+
+
+def _error_frame(code: ErrorCode, detail: str, message_id: str | None) -> str:
     reject("gateway", code, detail)
-    await ws.send_json({"type": "error", "code": code, "detail": detail, "message_id": message_id})
+    return json.dumps({"type": "error", "code": code, "detail": detail, "message_id": message_id})
 
 
 async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
@@ -376,14 +396,16 @@ async def _on_frame(app: web.Application, conn: Connection, data: str) -> None:
 async def _on_ack(app: web.Application, conn: Connection, frame: AckFrame) -> None:
     """Forward the acknowledgement of a message pushed to this socket to the user's inbox."""
     seq = conn.unacked.pop(frame.message_id)
-    s = app[SETTINGS]
-    ack = Ack(user_id=conn.user_id, message_id=frame.message_id, seq=seq)
-    try:
-        await app[PRODUCER].send_and_wait(topics.user(s).name, key=conn.user_id.encode(), value=encode(ack))
-    except KafkaError as exc:
-        # Not acknowledged: the message comes again on the next connect.
-        conn.unacked[frame.message_id] = seq
-        await _error(conn.ws, "broker_unavailable", f"ack not recorded: {exc}", frame.message_id)
+    written = app[ACKS].forward(Acked(user_id=conn.user_id, message_id=frame.message_id, seq=seq))
+    written.add_done_callback(functools.partial(_ack_written, conn, frame.message_id, seq))
+
+
+def _ack_written(conn: Connection, message_id: str, seq: int, written: asyncio.Future[None]) -> None:
+    if written.cancelled() or (exc := written.exception()) is None:
+        return
+    # Not acknowledged: the message comes again on the next connect.
+    conn.unacked[message_id] = seq
+    conn.enqueue(_error_frame("broker_unavailable", f"ack not recorded: {exc}", message_id))
 
 
 async def _on_send(app: web.Application, conn: Connection, frame: SendFrame) -> None:

@@ -25,11 +25,11 @@ from .tasks import (
     Task,
     TaskType,
 )
-from .user_events import USER_EVENT_ADAPTER, Ack, Bounce, Delivery, PresenceChange, UserEvent
+from .user_events import MAX_ACKS, MAX_DELIVERY_USERS, USER_EVENT_ADAPTER, Ack, Acked, Bounce, Delivery, PresenceChange, UserEvent
 
 __all__ = [
-    "ALERT_ADAPTER", "Ack", "AckFrame", "Alert", "AlertEvent", "RuleAlert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
-    "Delivery",
+    "ALERT_ADAPTER", "Ack", "Acked", "AckFrame", "Alert", "AlertEvent", "RuleAlert", "Bounce", "CLIENT_FRAME_ADAPTER", "ClientFrame", "ClientMessage", "DeadLetter",
+    "Delivery", "MAX_ACKS", "MAX_DELIVERY_USERS",
     "DownstreamMessage", "ErrorCode", "GroupFanoutPayload", "GroupFanoutTask", "GroupMetadata",
     "METADATA_MODELS", "MembershipChange", "MessageBody", "MessageType", "OfflinePushPayload", "OfflinePushTask",
     "PROTOCOL_VERSION", "PersistMessagePayload", "PersistMessageTask", "PresenceChange", "Refusal", "RefusalCode",

@@ -309,9 +309,14 @@ async def history(base_url: str, user_id: str, conversation_id: str) -> tuple[in
             return response.status, body
 
 
-async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]], *,
+#: A record to produce: key, value, headers.
+Record = tuple[str, bytes, dict[str, bytes]]
+
+
+async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes]] | list[Record], *,
                   max_request_size: int = 1024 * 1024) -> list[RecordMetadata]:
-    """Produce ``records`` in as few batches as the producer makes (linger), then flush; where each went.
+    """Produce ``records`` (key, value and, optionally, headers) in as few batches as the producer
+    makes (linger), then flush; where each went.
 
     ``max_request_size`` (aiokafka's, 1 MiB by default) raised: a foreign producer of records larger
     than ours may be.
@@ -320,7 +325,8 @@ async def produce(settings: Settings, topic: str, records: list[tuple[str, bytes
                                 max_request_size=max_request_size)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key.encode()) for key, value in records]
+        futures = [await producer.send(topic, value, key=key.encode(), headers=list(headers[0].items()) if headers else None)
+                   for key, value, *headers in records]
         return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()

@@ -17,7 +17,9 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from gochat_streams import topics
 from gochat_streams.codecs import decode_dead_letter, encode
-from gochat_streams.models import DeadLetter, PersistMessagePayload, PersistMessageTask, UpstreamMessage
+from gochat_streams.models import (DeadLetter, Delivery, DownstreamMessage, PersistMessagePayload, PersistMessageTask,
+                                   UpstreamMessage)
+from gochat_streams.routing import partition_of
 from gochat_streams.settings import Settings
 from gochat_streams.store import open_store
 
@@ -99,6 +101,26 @@ def _dead_letters_cli(cluster: Cluster, *args: str) -> str:
     return done.stdout
 
 
+async def test_a_delivery_naming_a_user_of_another_partition_is_buried_and_the_partition_goes_on(
+        cluster: Cluster, connect: Any) -> None:
+    cluster.start_worker()
+    gw = cluster.start_gateway("gw1")
+    s = cluster.settings
+    alice = await connect(gw, "alice")
+    stranger = next(u for u in (f"s{i}" for i in range(100))
+                    if partition_of(u, s.user_partitions) != partition_of("alice", s.user_partitions))
+    message = {k: v for k, v in json.loads(_good(1)[1]).items() if k != "gateway_id"}
+    wrong = Delivery(user_ids=["alice", stranger], message=DownstreamMessage(**message | {"message_id": "wrong"}))
+    right = Delivery(user_ids=["alice"], message=DownstreamMessage(**message | {"message_id": "right"}))
+    await produce(s, topics.user(s).name, [("alice", encode(wrong)), ("alice", encode(right))])
+
+    # Nobody gets the buried one; the next record of the partition is delivered.
+    assert [m["message_id"] for m in await alice.messages(1)] == ["right"]
+    [letter] = [decode_dead_letter(r.value) for r in await consume_all(s, [topics.upstream_dlq(s).name], bool)]
+    assert (letter.service, letter.source_topic, letter.reason) == ("logic", topics.user(s).name, "wrong_partition")
+    assert stranger in letter.detail
+
+
 async def test_the_dead_letters_command_lists_every_letter_of_every_partition(cluster: Cluster) -> None:
     s = cluster.settings
     await topics.ensure_topics(s, topics.core(s))
@@ -160,21 +182,33 @@ async def test_a_failing_task_is_retried_buried_and_replayed_once_the_fault_is_f
 
 async def test_a_gateway_buries_what_it_cannot_push_and_pushes_the_rest(cluster: Cluster, connect: Any) -> None:
     gw = cluster.start_gateway("gw1")
-    bob = await connect(gw, "bob")
+    bob, carol = await connect(gw, "bob"), await connect(gw, "carol")
     s = cluster.settings
     downstream = topics.downstream(s, "gw1").name
     good = {k: v for k, v in json.loads(_good(1)[1]).items() if k != "gateway_id"} | {"to_user_id": "bob"}
-    bad = [("bob", b"{not json", "malformed_json"),
-           ("bob", json.dumps(good | {"timestamp": "yesterday"}).encode(), "invalid_schema"),
-           ("", b"", "missing_field")]
-    await produce(s, downstream, [(key, value) for key, value, _ in bad] + [("bob", json.dumps(good).encode())])
+    value = json.dumps(good).encode()
+    bad = [("bob", b"{not json", {}, "malformed_json"),
+           ("bob", json.dumps(good | {"timestamp": "yesterday"}).encode(), {}, "invalid_schema"),
+           ("", b"", {}, "missing_field"),
+           ("bob", value, {topics.DOWNSTREAM_RECIPIENTS: b'{"bob":'}, "malformed_json"),
+           ("bob", value, {topics.DOWNSTREAM_RECIPIENTS: b'{"bob":0}'}, "invalid_schema"),
+           ("bob", value, {topics.DOWNSTREAM_RECIPIENTS: b'{"a:b":1}'}, "invalid_schema")]
+    await produce(s, downstream, [(key, value, headers) for key, value, headers, _ in bad]
+                  + [("bob", value, {topics.DOWNSTREAM_RECIPIENTS: b'{"bob":1,"carol":4}'})])
 
-    # The good record after the bad ones is pushed.
-    assert [m["message_id"] for m in await bob.messages(1)] == ["good-0001"]
+    # The good record after the bad ones is pushed to each user it names: their acks carry their seqs.
+    for client in (bob, carol):
+        assert [m["message_id"] for m in await client.messages(1, ack=True)] == ["good-0001"]
+    def acked(records: list[Any]) -> list[tuple[str, str, int]]:
+        return sorted((e["user_id"], e["message_id"], e["seq"]) for r in records
+                      for e in json.loads(r.value).get("entries", ()))
+
+    acks = await consume_all(s, [topics.user(s).name], lambda got: len(acked(got)) >= 2)
+    assert acked(acks) == [("bob", "good-0001", 1), ("carol", "good-0001", 4)]
     letters = await consume_all(s, [topics.upstream_dlq(s).name], lambda got: len(got) >= len(bad))
     buried = [decode_dead_letter(r.value) for r in letters]
     assert sorted((d.service, d.source_topic, d.reason, d.retry_count, base64.b64decode(d.value_b64))
-                  for d in buried) == sorted(("gateway", downstream, reason, 0, value) for _, value, reason in bad)
+                  for d in buried) == sorted(("gateway", downstream, reason, 0, value) for _, value, _, reason in bad)
 
 
 #: Larger than any request of ours (1 MiB by default), so too big to dead-letter whole.

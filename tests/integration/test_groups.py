@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gochat_streams import topics
+from gochat_streams.routing import partition_of
 
 from .conftest import WAIT_S, Client, Cluster, consume_all, history
 
@@ -90,7 +91,7 @@ async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, conn
 
     await owner.send_to_group("hello-big", "big", "hello, everyone")
     assert await owner.next_frame() == {"type": "ack", "message_id": "hello-big"}
-    received = await asyncio.gather(*(c.messages(1) for c in clients[1:]))
+    received = await asyncio.gather(*(c.messages(1, ack=True) for c in clients[1:]))
     assert all(m["message_id"] == "hello-big" for [m] in received)
 
     s = cluster.settings
@@ -99,13 +100,48 @@ async def test_large_group_fans_out_through_batched_tasks(cluster: Cluster, conn
         if json.loads(r.value)["task_type"] == "group_fanout"]
     assert [len(t["payload"]["member_ids"]) for t in fanouts] == [100] * 9 + [99]
     assert all(t["payload"]["batch_size"] == 100 and t["payload"]["exclude_user_ids"] == ["u0000"] for t in fanouts)
-    # Once each: the downstream topics carry hello-big exactly once per member.
+    # A record per partition a task's members are on, not one per member; each names
+    # only users of its partition, so a user's records keep their order.
+    deliveries = await consume_all(s, [topics.user(s).name], lambda rs: _named(rs, b'"hello-big"') >= 999)
+    deliveries = [r for r in deliveries if b'"hello-big"' in r.value
+                  and json.loads(r.value)["kind"] == "delivery" and not json.loads(r.value)["echo"]]
+    assert len(deliveries) <= len(fanouts) * s.user_partitions
+    assert Counter(u for r in deliveries for u in json.loads(r.value)["user_ids"]) == Counter(users[1:])
+    assert all(_on_partition(r, json.loads(r.value)["user_ids"], s.user_partitions) for r in deliveries)
+    # Once each: the downstream topics carry hello-big exactly once per member, a
+    # record per gateway and partition that a delivery's online members are on.
     downstream = [topics.downstream_name(s, gw) for gw in ("gw1", "gw2")]
-    records = await consume_all(
-        s, downstream, lambda rs: sum(b'"hello-big"' in r.value for r in rs if r.headers) >= 999)
-    counts = Counter(r.key.decode() for r in records
-                     if b'"hello-big"' in r.value and dict(r.headers).get(topics.DOWNSTREAM_SEQ))
-    assert counts == Counter({user: 1 for user in users[1:]})
+    records = await consume_all(s, downstream, lambda rs: _named(rs, b'"hello-big"') >= 999)
+    pushed = [r for r in records if b'"hello-big"' in r.value and _recipients(r)]
+    assert len(pushed) <= len(deliveries) * len(gateways) * s.downstream_partitions
+    assert Counter(u for r in pushed for u in _recipients(r)) == Counter(users[1:])
+    assert all(_on_partition(r, list(_recipients(r)), s.downstream_partitions) for r in pushed)
+    # The members' acks, sent at once, share records: each of a partition's users.
+    acks = await consume_all(s, [topics.user(s).name], lambda rs: len(_acked(rs, "hello-big")) >= 999)
+    acks = [r for r in acks if b'"hello-big"' in r.value and json.loads(r.value)["kind"] == "ack"]
+    assert sorted(_acked(acks, "hello-big")) == users[1:]
+    assert len(acks) < 999 / 2
+    assert all(_on_partition(r, [e["user_id"] for e in json.loads(r.value)["entries"]], s.user_partitions)
+               for r in acks)
+
+
+def _acked(records: list[Any], message_id: str) -> list[str]:
+    return [e["user_id"] for r in records for e in json.loads(r.value).get("entries", ())
+            if e["message_id"] == message_id]
+
+
+def _recipients(record: Any) -> dict[str, int]:
+    return json.loads(dict(record.headers).get(topics.DOWNSTREAM_RECIPIENTS, b"{}"))
+
+
+def _named(records: list[Any], message_id: bytes) -> int:
+    """How many users the records of ``message_id`` name (as user_ids, or as downstream recipients)."""
+    return sum(len(json.loads(r.value).get("user_ids", ())) or len(_recipients(r))
+               for r in records if message_id in r.value)
+
+
+def _on_partition(record: Any, users: list[str], partitions: int) -> bool:
+    return record.key.decode() == users[0] and {partition_of(u, partitions) for u in users} == {record.partition}
 
 
 async def test_non_members_message_and_non_owners_kick_are_refused(cluster: Cluster, connect: Any) -> None:

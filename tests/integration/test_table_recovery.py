@@ -44,7 +44,7 @@ async def _routes(cluster: Cluster, probe: str) -> dict[str, list[str]]:
     """Deliver one message to every user; where each went: gateway ids, or task types if offline."""
     s = cluster.settings
     deliveries = [
-        (f"u{i}", encode(Delivery(user_id=f"u{i}", message=DownstreamMessage(
+        (f"u{i}", encode(Delivery(user_ids=[f"u{i}"], message=DownstreamMessage(
             message_id=f"{probe}-u{i}", from_user_id="sender", to_user_id=f"u{i}", conversation_id="c",
             content="probe", message_type="text", timestamp=1))))
         for i in range(USERS)

@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from gochat_streams.codecs import DecodeError, decode_task, decode_upstream, decode_user_event
 from gochat_streams.models import (
     CLIENT_FRAME_ADAPTER,
+    Ack,
     TASK_ADAPTER,
+    Delivery,
     DownstreamMessage,
     GroupFanoutPayload,
     MembershipChange,
@@ -115,6 +117,25 @@ def test_user_ids_of_every_envelope_refuse_the_pair_separator() -> None:
     frame = CLIENT_FRAME_ADAPTER.validate_python({"type": "send", "message": {
         "message_id": "m", "to_user_id": "bob", "content": "hi", "message_type": "text"}})
     assert isinstance(frame, SendFrame) and frame.message.conversation_id is None
+
+
+def test_a_delivery_names_one_or_more_users_and_reads_the_one_user_form_of_before() -> None:
+    message = json.loads(json.dumps(EXAMPLES["downstream"]))
+    earlier = decode_user_event(json.dumps({"kind": "delivery", "user_id": "bob", "message": message}).encode())
+    assert isinstance(earlier, Delivery) and earlier.user_ids == ["bob"]
+    group = decode_user_event(json.dumps({"kind": "delivery", "user_ids": ["a", "b"], "message": message}).encode())
+    assert isinstance(group, Delivery) and group.user_ids == ["a", "b"]
+    for user_ids in ([], ["a:b"]):
+        with pytest.raises(DecodeError):
+            decode_user_event(json.dumps({"kind": "delivery", "user_ids": user_ids, "message": message}).encode())
+
+
+def test_an_ack_carries_one_or_more_entries_and_reads_the_one_ack_form_of_before() -> None:
+    earlier = decode_user_event(json.dumps({"kind": "ack", "user_id": "bob", "message_id": "m", "seq": 3}).encode())
+    assert isinstance(earlier, Ack) and [(a.user_id, a.message_id, a.seq) for a in earlier.entries] == [("bob", "m", 3)]
+    for entries in ([], [{"user_id": "bob", "message_id": "m", "seq": 0}]):
+        with pytest.raises(DecodeError):
+            decode_user_event(json.dumps({"kind": "ack", "entries": entries}).encode())
 
 
 def test_missing_message_id_is_named() -> None:

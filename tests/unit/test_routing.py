@@ -1,12 +1,17 @@
 import json
 from pathlib import Path
 
-from gochat_streams.models import UpstreamMessage
+from aiokafka.partitioner import DefaultPartitioner
+
+from gochat_streams.models import MAX_DELIVERY_USERS, UpstreamMessage
 from gochat_streams.routing import (
     addressing_error,
+    by_partition,
+    deliveries,
     fanout_tasks,
     gateways_for,
     offline_push_task,
+    partition_of,
     persist_task,
     push_preview,
 )
@@ -77,3 +82,32 @@ def test_push_preview_names_non_text_and_truncates() -> None:
     assert push_preview(message.from_user_id, message.message_type, message.content) == "user_123: [图片]"
     long_text = UpstreamMessage.model_validate({**EXAMPLE, "content": "字" * 300}).to_downstream()
     assert len(push_preview("user_123", "text", long_text.content)) == len("user_123: ") + 100
+
+
+def test_partition_of_is_where_the_producers_put_a_key() -> None:
+    partitions = list(range(10))
+    for key in ["user_123", "u0000", "alice", "ü", *(f"m{i}" for i in range(500))]:
+        assert partition_of(key, 10) == DefaultPartitioner()(key.encode(), partitions, partitions)
+
+
+def test_by_partition_groups_keys_once_each_in_order() -> None:
+    keys = [f"u{i:04d}" for i in range(300)]
+    groups = by_partition([*keys, *keys[:7]], 3)
+    assert sorted(k for group in groups for k in group) == keys
+    for group in groups:
+        assert {partition_of(k, 3) for k in group} == {partition_of(group[0], 3)}
+        assert group == sorted(group)
+    assert len(groups) == 3
+
+
+def test_a_group_message_is_one_delivery_per_partition_of_its_members() -> None:
+    message = UpstreamMessage.model_validate({**EXAMPLE, "to_user_id": None, "conversation_id": "g"}).to_downstream()
+    members = [f"u{i:04d}" for i in range(1000)]
+    sent = deliveries(message, members, 10)
+    assert len(sent) == 10
+    assert sorted(u for d in sent for u in d.user_ids) == members
+    assert all(d.message == message and not d.echo for d in sent)
+    assert all({partition_of(u, 10) for u in d.user_ids} == {partition_of(d.user_ids[0], 10)} for d in sent)
+    # A partition's members beyond what one record may name take another record.
+    many = [f"v{i}" for i in range(MAX_DELIVERY_USERS + 1)]
+    assert [len(d.user_ids) for d in deliveries(message, many, 1)] == [MAX_DELIVERY_USERS, 1]

@@ -49,7 +49,7 @@ async def test_single_chat_is_rekeyed_by_recipient_and_persisted(sent: dict[str,
     [(key, value)] = sent["user"]
     assert key == "user_456"
     delivery = decode_user_event(value)
-    assert isinstance(delivery, Delivery) and delivery.user_id == "user_456" and not delivery.echo
+    assert isinstance(delivery, Delivery) and delivery.user_ids == ["user_456"] and not delivery.echo
     # The spec's example names its single chat "conv_123": the server names it by its two users.
     assert delivery.message.model_dump() == {k: v for k, v in EXAMPLE.items() if k != "gateway_id"} | {
         "conversation_id": "user_123:user_456"}
