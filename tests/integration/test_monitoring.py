@@ -23,7 +23,7 @@ from gochat_streams.models import RuleAlert
 from gochat_streams.devstack import free_port
 
 from .. import browser
-from .conftest import OPERATOR_TOKEN, WAIT_S, Client, Cluster, produce
+from .conftest import OPERATOR_TOKEN, WAIT_S, Client, Cluster, consume_all, produce
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +78,17 @@ async def test_metrics_count_each_message_and_the_ops_page_shows_the_traffic(clu
                       topic="im-downstream-topic-gw1") == 50
         assert _value(gateway, "gochat_gateway_connections", gateway="gw1") == 2
 
-        # The worker took 50 messages upstream; on im-user-topic 2 connects, 50 deliveries, 50 acks.
+        # The worker took 50 messages upstream; on im-user-topic 2 connects, 50 deliveries, and
+        # bob's 50 acks, in as many records as the gateway made of them (gateway/acks.py).
+        s = cluster.settings
+        user_records = await consume_all(s, [topics.user(s).name], lambda records: sum(
+            len(json.loads(r.value).get("entries", ())) for r in records) >= 50)
+        assert 52 < len(user_records) <= 102
+
         async def settled() -> dict | None:
             got = await _samples(http, worker)
             user = _value(got, "gochat_messages_consumed_total", service="logic", topic="im-user-topic")
-            return got if user == 102 else None
+            return got if user == len(user_records) else None
 
         got = await _until(settled)
         assert _value(got, "gochat_messages_consumed_total", service="logic", topic="im-upstream-topic") == 50
