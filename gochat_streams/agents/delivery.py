@@ -149,7 +149,9 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
         gateways = gateways_for(presence.get(user_id))
         for gateway_id in gateways:
             online[gateway_id][user_id] = seq
-        if not gateways:
+        if gateways:
+            messages_routed.labels("online").inc()
+        else:
             out.append(_offline(user_id, message))
     if online:
         value = encode(message)
@@ -157,7 +159,6 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
             for users in by_partition(seqs, settings.downstream_partitions):
                 out.append(_push(gateway_id, users[0], value,
                                  {DOWNSTREAM_RECIPIENTS: encode_recipients({user: seqs[user] for user in users})}))
-        messages_routed.labels("online").inc(len({user for seqs in online.values() for user in seqs}))
     return out
 
 

@@ -30,7 +30,7 @@ from ..codecs import DecodeError, decode_task, encode
 from ..deadletters import retrying
 from ..history import RecentMessages
 from ..metrics import count_consumed, history_invalidation_failures, tasks_done, tasks_failed
-from ..models import GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
+from ..models import DownstreamMessage, GroupFanoutTask, OfflinePushTask, PersistMessageTask, Task
 from ..push import Pusher, create_pusher
 from ..routing import deliveries
 from ..store import MessageStore, open_store
@@ -147,10 +147,8 @@ class TaskHandlers:
         await self.pusher.push(task.payload)
         tasks_done.labels("offline_push").inc()
 
-    async def fan_out(self, tasks: Sequence[GroupFanoutTask]) -> None:
+    async def fan_out(self, message: DownstreamMessage, tasks: Sequence[GroupFanoutTask]) -> None:
         """The batches of one message, taken together: a Delivery per partition of their members."""
-        message = tasks[0].payload.message
-        assert message is not None  # checked in handle()
         excluded = {user for t in tasks for user in t.payload.exclude_user_ids}
         members = (member for t in tasks for member in t.payload.member_ids or () if member not in excluded)
         for delivery in deliveries(message, members, settings.user_partitions):
@@ -206,15 +204,15 @@ class TaskHandlers:
     async def _fan_out_all(self, fanouts: Sequence[tuple[EventT, GroupFanoutTask]]) -> None:
         """Each message's batches together: a 1,000-member group's 10 tasks become a record per
         partition rather than per task and partition. If that keeps failing, its tasks are dead-lettered."""
-        by_message: dict[tuple[str, str, str], list[tuple[EventT, GroupFanoutTask]]] = {}
+        by_message: dict[tuple[str, str, str], tuple[DownstreamMessage, list[tuple[EventT, GroupFanoutTask]]]] = {}
         for event, task in fanouts:
             payload = task.payload
             assert payload.message is not None  # checked in handle()
-            by_message.setdefault((payload.group_id, payload.message.from_user_id, payload.message_id),
-                                  []).append((event, task))
-        for (group_id, _, message_id), batch in by_message.items():
+            key = (payload.group_id, payload.message.from_user_id, payload.message_id)
+            by_message.setdefault(key, (payload.message, []))[1].append((event, task))
+        for (group_id, _, message_id), (message, batch) in by_message.items():
             tasks = [task for _, task in batch]
-            failure = await retrying(lambda: self.fan_out(tasks), attempts=settings.max_attempts,
+            failure = await retrying(lambda: self.fan_out(message, tasks), attempts=settings.max_attempts,
                                      backoff_s=settings.retry_backoff_s,
                                      what=f"group_fanout of {message_id} to {group_id}: {len(tasks)} tasks",
                                      service="task")
