@@ -12,10 +12,12 @@ its offset properly on the next round.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from typing import Any
 
 import faust
+from aiokafka.producer.message_accumulator import MessageBatch
 from faust.stores.base import SerializedStore
 from faust.tables import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
@@ -52,16 +54,16 @@ class TableManager(FaustTableManager):
             producer = self.app.producer
             while self._unsent:
                 records, self._unsent = self._unsent, []
-                last: dict[tuple[Table, int], asyncio.Future] = {}
+                last: dict[tuple[Table, int], tuple[MessageBatch, int]] = {}
                 for n, (table, partition, key, value) in enumerate(records):
                     try:
-                        last[table, partition] = await producer.send(
-                            table.changelog_topic.get_topic_name(), key, value, partition, None, None)
+                        last[table, partition] = await producer.append(
+                            table.changelog_topic.get_topic_name(), key, value, partition)
                     except BaseException:
                         self._unsent[:0] = records[n:]  # still first in line, for the next flush
                         raise
-                for (table, _), sent in last.items():
-                    sent.add_done_callback(table.persisted)
+                for (table, _), (batch, offset) in last.items():
+                    batch.future.add_done_callback(functools.partial(table.persisted, offset))
 
     @property
     def recovery(self) -> Recovery:
@@ -120,12 +122,12 @@ class Table(faust.Table):
         self.app.tables.queue_changelog(self, partition, key_bytes, None)  # a tombstone, as Faust writes
         self._sensor_on_del(self, key)
 
-    def persisted(self, sent: asyncio.Future) -> None:
-        """What Faust's ``_on_changelog_sent`` does, once for the last record of a partition a flush sent."""
-        if sent.cancelled() or sent.exception() is not None:
+    def persisted(self, offset_in_batch: int, sent: asyncio.Future) -> None:
+        """What Faust's ``_on_changelog_sent`` does, once for the last record of a partition a flush
+        sent: at ``offset_in_batch`` of the batch ``sent`` (its future: the batch's first offset)."""
+        if sent.cancelled() or sent.exception() is not None or (metadata := sent.result()) is None:
             return  # the producer stops the worker's commits (compat/aiokafka.py)
-        metadata = sent.result()
-        self.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+        self.data.set_persisted_offset(metadata.topic_partition, metadata.offset + offset_in_batch)
 
 
 async def flush_changelog(app: faust.App) -> None:

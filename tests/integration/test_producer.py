@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaClient, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from faust.exceptions import ProducerSendError
@@ -83,6 +83,45 @@ async def test_a_record_the_broker_refused_fails_every_later_flush(cluster: Clus
         assert (await asyncio.wait_for(later, 30)).offset == 0
         with pytest.raises(ProducerSendError):
             await producer.flush()
+        assert producer.crash_reason is not None  # the worker stops
+    finally:
+        await producer.stop()
+
+
+async def test_appended_records_keep_their_order_and_a_refused_one_fails_every_later_flush(
+        cluster: Cluster) -> None:
+    """``Producer.append`` (the worker's changelog records, pushes and tasks) puts records in
+    their batches without a future each: they keep their order past a full batch, and a
+    batch the broker refuses stops commits as a refused ``send`` does."""
+    s = cluster.settings
+    small = f"{s.namespace}small-batches"
+    admin = AIOKafkaAdminClient(**client_kwargs(s))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"})])
+    finally:
+        await admin.close()
+    topic = topics.upstream(s)
+    await topics.ensure_topics(s, [topic])
+    assert await wait_until_served(s, [small])
+    producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
+    await producer.start()
+    try:
+        # 40 KB: more than a batch (16 KB), so later records wait for the first batch to go.
+        values = [os.urandom(500).hex().encode()[:1000] for _ in range(40)]
+        appended = [await producer.append(topic.name, b"k", value, 0) for value in values]
+        assert len({id(batch) for batch, _ in appended}) > 1
+        await producer.flush()
+        last_batch, last_offset = appended[-1]
+        assert (await last_batch.future).offset + last_offset == len(values) - 1
+        records = await consume_all(s, [topic.name], lambda rs: len(rs) >= len(values))
+        assert [(r.partition, r.offset, r.value) for r in records] == [(0, n, v) for n, v in enumerate(values)]
+
+        with pytest.raises(MessageSizeTooLargeError):  # over max_request_size: refused at once, as send does
+            await producer.append(topic.name, b"k", b"x" * (s.producer_max_request_bytes + 1))
+        await producer.append(small, b"k", os.urandom(4096))  # over the topic's limit: the broker refuses it
+        with pytest.raises(ProducerSendError):
+            await asyncio.wait_for(producer.flush(), 30)
         assert producer.crash_reason is not None  # the worker stops
     finally:
         await producer.stop()

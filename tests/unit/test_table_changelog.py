@@ -24,22 +24,21 @@ from gochat_streams.tables.inbox import inbox
 
 
 class FakeProducer:
-    """Faust's producer as the flush uses it: ``send`` returns the record's future."""
+    """Faust's producer as the flush uses it: ``append`` puts the record in its partition's
+    batch (one batch here, whose future the test resolves) and returns its offset there."""
 
     def __init__(self, fail_at: int | None = None) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, int]] = []
-        self.futures: list[asyncio.Future[Any]] = []
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+        self.batch = SimpleNamespace(future=asyncio.get_running_loop().create_future())
         self.fail_at = fail_at
 
-    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int, timestamp: None,
-                   headers: None) -> asyncio.Future[Any]:
+    async def append(self, topic: str, key: bytes, value: bytes | None,
+                     partition: int | None = None) -> tuple[SimpleNamespace, int]:
         if self.fail_at is not None and len(self.sent) == self.fail_at:
             self.fail_at = None
             raise RuntimeError("producer refused")
         self.sent.append((topic, key, value, partition))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.futures.append(future)
-        return future
+        return self.batch, len(self.sent) - 1
 
 
 class _Event:
@@ -61,7 +60,7 @@ def on_partition_3() -> Iterator[None]:
 
 
 @pytest.fixture
-def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
+async def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
     fake = FakeProducer()
     monkeypatch.setattr(app, "_producer", fake)
     return fake
@@ -111,7 +110,6 @@ async def test_the_persisted_offset_is_kept_once_per_partition_a_flush_sent(
     inbox["dave/1"] = {"seq": 1}
     inbox["dave"] = {"next": 2}
     await flush_changelog(app)
-    for offset, future in enumerate(producer.futures, start=10):
-        future.set_result(SimpleNamespace(topic_partition=("inbox-changelog", 3), offset=offset))
+    producer.batch.future.set_result(SimpleNamespace(topic_partition=("inbox-changelog", 3), offset=10))
     await asyncio.sleep(0)  # done callbacks run on the loop
-    assert persisted == [(("inbox-changelog", 3), 11)]
+    assert persisted == [(("inbox-changelog", 3), 11)]  # the batch's first offset, plus the last record's place

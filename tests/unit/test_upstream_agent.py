@@ -30,7 +30,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, bytes]]]:
     async def produce(topic: str, key: bytes, value: bytes, *_: Any) -> None:
         by_topic[topic].append((key.decode(), value))
 
-    monkeypatch.setattr(channels.app.producer, "send", produce)
+    monkeypatch.setattr(channels.app.producer, "append", produce)
     for name, topic in {"dlq": channels.logic_dead_letters.dlq, "alerts": channels.logic_dead_letters.alerts}.items():
         async def capture(*, key: str, value: bytes, _records: list = out[name], **_: Any) -> None:
             _records.append((key, value))
