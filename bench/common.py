@@ -63,6 +63,11 @@ class Service:
     #: environment sets GOCHAT_OPERATOR_TOKEN (operator.py).
     headers: dict[str, str] = field(default_factory=dict)
 
+    def cpu_s(self) -> float:
+        """The CPU seconds the process has used (user and system, all its threads), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
     def memory_mb(self, which: str = "VmRSS") -> float:
         """``VmRSS`` (resident now) or ``VmHWM`` (its peak) from /proc, in MB."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -83,17 +88,22 @@ class Bench:
     profiles: list[dict[str, Any]] = field(default_factory=list)
 
     @contextlib.contextmanager
-    def profiled(self, *services: Service) -> Iterator[None]:
-        """Profile ``services`` for the block's duration, if this run profiles."""
-        if not self.profile:
-            yield
-            return
+    def measured(self, *services: Service) -> Iterator[dict[str, float]]:
+        """The CPU seconds each of ``services`` uses in the block (by name, filled in at its end);
+        sampled with py-spy too if this run profiles.
+
+        CPU time a message is the steadier figure on this shared machine: a process waiting
+        for a core stretches the wall clock, not its own CPU time.
+        """
+        cpu: dict[str, float] = {}
+        before = {service.name: service.cpu_s() for service in services}
         stamp = time.strftime("%Y%m%dT%H%M%S")
         runs = [Profile.start(service.name, service.proc.pid, RESULTS / f"profile-{service.name}-{stamp}.txt")
-                for service in services]
+                for service in services] if self.profile else []
         try:
-            yield
+            yield cpu
         finally:
+            cpu.update({service.name: round(service.cpu_s() - before[service.name], 2) for service in services})
             self.profiles += [run.stop() for run in runs]
 
     @property

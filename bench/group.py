@@ -104,8 +104,9 @@ async def run_group(bench: Bench, members: int, groups: int) -> Result:
             # creations) are handled first, not counted in the case.
             await wait_consumed(bench.settings, topics.logic_group(bench.settings).group_id,
                                 topics.user(bench.settings).name)
-            with bench.profiled(worker, *gateways):
-                rows.append(await _case(worker, clients, receipts, users, case, targets, members))
+            with bench.measured(worker, *gateways) as cpu:
+                row = await _case(worker, clients, receipts, users, case, targets, members)
+            rows.append({**row, "worker_cpu_s": cpu[worker.name]})
     extra = {"members": members, "groups": groups, "gateways": len(GATEWAYS), "fanout_env": fanout,
              "errors": dict(receipts.errors), "dropped_sockets": clients.dropped}
     return Result(rows, extra)

@@ -43,7 +43,7 @@ async def run_logic(bench: Bench, records: int, users: int, workers: int = 1) ->
 
         values = [(f"s{i % 1000}", json.dumps(text_message(i, f"s{i % 1000}", f"u{(i * 7) % users}")).encode())
                   for i in range(records)]
-        with bench.profiled(*started_workers):
+        with bench.measured(*started_workers) as cpu:
             started = time.perf_counter()
             counting = asyncio.create_task(count_records(
                 s, [topics.downstream_name(s, gw) for gw in GATEWAYS], records, started))
@@ -54,4 +54,5 @@ async def run_logic(bench: Bench, records: int, users: int, workers: int = 1) ->
     finally:
         await producer.stop()
     return {"scenario": "logic", "workers": workers, "records": records, "delivered": delivered, "seconds": round(seconds, 3),
-            "msgs_per_s": round(records / seconds, 1), "produce_s": round(produced_s, 3)}
+            "msgs_per_s": round(records / seconds, 1), "produce_s": round(produced_s, 3),
+            "worker_cpu_s": round(sum(cpu.values()), 2), "cpu_us_per_msg": round(sum(cpu.values()) / records * 1e6)}
