@@ -110,6 +110,7 @@ def create_app(settings: Settings, group: topics.ConsumerGroup, own_topics: list
         producer_linger=settings.producer_linger_ms / 1000,
         # As every other producer's (kafka.py): dead letters are sized to fit it.
         producer_max_request_size=settings.producer_max_request_bytes,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         topic_replication_factor=settings.user_replicas,
         topic_disable_leader=True,

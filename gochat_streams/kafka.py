@@ -150,6 +150,7 @@ def producer_kwargs(s: Settings) -> dict[str, Any]:
         "compression_type": None if s.compression == "none" else s.compression,
         "linger_ms": s.producer_linger_ms,
         "max_request_size": s.producer_max_request_bytes,
+        "max_batch_size": s.producer_max_batch_bytes,
     }
 
 

@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from gochat_streams import topics
 from gochat_streams.app import create_app
+from gochat_streams.kafka import producer_kwargs
 from gochat_streams.settings import Settings
 
 
@@ -63,6 +64,16 @@ def test_settings_are_frozen_and_validated() -> None:
         Settings(gateway_id="has spaces")
     with pytest.raises(ValidationError):
         Settings(upstream_partitions=0)
+    with pytest.raises(ValidationError, match="a batch is part of a request"):
+        Settings(producer_max_batch_bytes=2 * 1024 * 1024)
+
+
+def test_every_producer_batches_as_the_setting_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOCHAT_PRODUCER_MAX_BATCH_BYTES", "65536")
+    s = Settings()
+    assert producer_kwargs(s)["max_batch_size"] == 65536  # the gateways', the monitor's
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), [])
+    assert app.conf.producer_max_batch_size == 65536  # the workers'
 
 
 def test_the_broker_is_a_kafka_url() -> None:
