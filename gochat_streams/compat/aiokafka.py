@@ -157,8 +157,8 @@ class Producer(faust_aiokafka.Producer):
         ``send`` refuses it. The records of a partition keep the order of the calls.
         """
         producer = self._ensure_producer()
+        track_topic(producer, topic)  # known from a full fetch is not enough (module docstring)
         if producer._metadata.partitions_for_topic(topic) is None:
-            track_topic(producer, topic)
             await producer.client._wait_on_metadata(topic)
         headers = headers or []
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)

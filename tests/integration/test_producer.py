@@ -48,6 +48,24 @@ async def test_a_batch_for_a_topic_known_at_start_survives_a_metadata_refresh(cl
         await producer.stop()
 
 
+async def test_an_appended_batch_for_a_topic_known_at_start_survives_a_metadata_refresh(cluster: Cluster) -> None:
+    """The same, for the workers' ``Producer.append``, which skips ``send``'s metadata wait."""
+    s = cluster.settings.model_copy(update={"producer_linger_ms": 2000})  # the batch waits across the refresh
+    early, late = topics.upstream(s), topics.task(s)
+    await topics.ensure_topics(s, [early])
+    producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
+    await producer.start()  # a full metadata fetch: ``early`` is known, ``late`` does not exist yet
+    try:
+        pending, _ = await producer.append(early.name, b"k", b"waiting")
+        await topics.ensure_topics(s, [late])
+        await producer.append(late.name, b"k", b"first to late")
+        await producer._ensure_producer().client.force_metadata_update()
+        sent = await asyncio.wait_for(pending.future, 10)
+        assert sent.topic == early.name
+    finally:
+        await producer.stop()
+
+
 async def test_a_record_the_broker_refused_fails_every_later_flush(cluster: Cluster) -> None:
     """Faust flushes the producer before each commit: a flush that raises commits nothing.
 
