@@ -28,6 +28,10 @@ batch without a future each (:meth:`Producer.append`).
 Faust hard-codes a consumer's fetch wait (1,500 ms); here it is
 ``GOCHAT_FETCH_MAX_WAIT_MS``.
 
+Faust's fetch loop handed each record to its agents through four tasks and an
+``asyncio.wait``; here a record whose hand-over need not wait is handed over inline
+(:func:`hand_over`).
+
 A read the broker refuses (a topic or the group this worker's principal may not read:
 acls.py) is logged and audited as a refused write is, and stops the worker. A refused
 fetch reaches Faust's fetch loop, which stopped the worker without naming the principal.
@@ -42,7 +46,8 @@ import copy
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -191,6 +196,57 @@ class Producer(faust_aiokafka.Producer):
             raise ProducerSendError(f"a record was not sent: {self.unsent!r}") from self.unsent
 
 
+WaitFirst = Callable[..., Awaitable[Any]]
+
+
+async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, Any, Any], wait_first: WaitFirst) -> None:
+    """Run ``record`` (the conductor's hand-over of one fetched record to its streams) inline
+    as far as it goes without waiting; if it must wait, the rest under ``wait_first`` with
+    ``suspended`` (the wait for the consumer's flow to be suspended), as Faust does.
+
+    Faust's fetch loop awaits ``wait_first(record, suspended)`` for every record: mode's
+    ``wait_first`` makes four tasks (the two, and the service's stopped and crashed
+    events), waits for the first, and cancels the rest. The hand-over almost never waits
+    (the flow is on and the stream's queue has room), and then all that is what the
+    record costs. Here it runs inline and the loop is yielded to once, as the wait
+    yielded, so that the agents take each record before the next. When it must wait
+    (a full queue, flow control), a rebalance's suspension still cuts the wait short:
+    what is left of it runs as a task under ``wait_first``.
+    """
+    try:
+        waiting_on = record.send(None)
+    except StopIteration:
+        suspended.close()
+        await asyncio.sleep(0)
+        return
+    except BaseException:
+        suspended.close()
+        raise
+    await wait_first(asyncio.ensure_future(_resumed(record, waiting_on)), suspended)
+
+
+async def _resumed(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
+    """The rest of ``coro``, which was started outside any task and is waiting on ``waiting_on``."""
+    return await _continued(coro, waiting_on)
+
+
+@types.coroutine
+def _continued(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    # What ``await coro`` does from its first suspension on: hand what it waits on to the
+    # task driving us, and send (or throw, as in a cancellation) what comes back into it.
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:
+            step = functools.partial(coro.throw, exc)
+        else:
+            step = functools.partial(coro.send, sent)
+        try:
+            waiting_on = step()
+        except StopIteration as done:
+            return done.value
+
+
 class RefusalReportingCoordinator(GroupCoordinator):
     """aiokafka's group coordinator, which also hands a refusal to its :attr:`report` at once.
 
@@ -240,6 +296,13 @@ class Consumer(faust_aiokafka.Consumer):
         super().__init__(*args, **kwargs)
         #: Offsets sought by the last seek, per partition, until the partition's first record since.
         self._sought: dict[Any, int] = {}
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        # Faust calls it, with these two, for every record its fetch loop reads (hand_over).
+        if len(coros) == 2 and timeout is None and _waits_for(coros[1], self.suspend_flow) \
+                and not self.suspend_flow.is_set():
+            return await hand_over(coros[0], coros[1], super().wait_first)
+        return await super().wait_first(*coros, timeout=timeout)
 
     def refuse_read(self, error: BaseException) -> None:
         """Log and audit the first read the broker refused (a topic's fetch, the group's join), and stop."""
@@ -299,6 +362,11 @@ class Consumer(faust_aiokafka.Consumer):
         if not await wait_until_served(self.app.gochat_settings, topics):
             log.warning("subscribing to topics some brokers do not serve yet: %s", topics)
         await super().subscribe(topics)
+
+
+def _waits_for(coro: Any, event: asyncio.Event) -> bool:
+    """Whether ``coro`` is ``event.wait()``, not yet started."""
+    return getattr(coro, "cr_code", None) is asyncio.Event.wait.__code__ and coro.cr_frame.f_locals.get("self") is event
 
 
 class Transport(faust_aiokafka.Transport):
