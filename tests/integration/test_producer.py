@@ -111,7 +111,7 @@ async def test_appended_records_keep_their_order_and_a_refused_one_fails_every_l
     """``Producer.append`` (the worker's changelog records, pushes and tasks) puts records in
     their batches without a future each: they keep their order past a full batch, and a
     batch the broker refuses stops commits as a refused ``send`` does."""
-    s = cluster.settings
+    s = cluster.settings.model_copy(update={"producer_max_batch_bytes": 16 * 1024})
     small = f"{s.namespace}small-batches"
     admin = AIOKafkaAdminClient(**client_kwargs(s))
     await admin.start()
@@ -125,7 +125,7 @@ async def test_appended_records_keep_their_order_and_a_refused_one_fails_every_l
     producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
     await producer.start()
     try:
-        # 40 KB: more than a batch (16 KB), so later records wait for the first batch to go.
+        # 40 KB: more than a batch (16 KiB here), so later records wait for the first batch to go.
         values = [os.urandom(500).hex().encode()[:1000] for _ in range(40)]
         appended = [await producer.append(topic.name, b"k", value, 0) for value in values]
         assert len({id(batch) for batch, _ in appended}) > 1
