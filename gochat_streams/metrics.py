@@ -9,6 +9,7 @@ gochat_streams/alerting.py evaluates the same rules in the app.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Hashable
 from typing import Any
@@ -147,8 +148,14 @@ def reject(where: str, reason: str, detail: object) -> None:
     log.warning("rejected %s record (%s): %s", where, reason, detail)
 
 
+@functools.cache
+def _consumed(service: str, topic: str, namespace: str) -> Any:
+    return messages_consumed.labels(service, topic.removeprefix(namespace))
+
+
 def count_consumed(service: str, topic: str, namespace: str, count: int = 1) -> None:
-    messages_consumed.labels(service, topic.removeprefix(namespace)).inc(count)
+    # The labelled child looked up once: .labels() takes a lock and builds its key every call.
+    _consumed(service, topic, namespace).inc(count)
 
 
 class PrometheusMonitor(FaustPrometheusMonitor):

@@ -51,6 +51,9 @@ from ..topics import DOWNSTREAM_CONNECTION, DOWNSTREAM_RECIPIENTS
 from ..trace import event_hop, sampled
 
 
+_routed_online = messages_routed.labels("online")
+
+
 def _push(gateway_id: str, user_id: str, value: bytes, headers: Mapping[str, bytes] | None = None) -> Outgoing:
     return Outgoing(downstream(gateway_id), user_id, value, headers)
 
@@ -141,6 +144,7 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
     now, ttl = now_ms(), settings.dedup_ttl_s * 1000
     entry = message.model_dump(mode="json")
     online: defaultdict[str, dict[str, int]] = defaultdict(dict)  # gateway -> {user: seq}
+    online_users = 0
     out = []
     for user_id in delivery.user_ids:
         seq = _kept(user_id, message, entry, now, ttl)
@@ -150,9 +154,11 @@ def _on_delivery(delivery: Delivery) -> list[Outgoing]:
         for gateway_id in gateways:
             online[gateway_id][user_id] = seq
         if gateways:
-            messages_routed.labels("online").inc()
+            online_users += 1
         else:
             out.append(_offline(user_id, message))
+    if online_users:
+        _routed_online.inc(online_users)
     if online:
         value = encode(message)
         for gateway_id, seqs in online.items():

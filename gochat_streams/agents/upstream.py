@@ -25,13 +25,16 @@ from ..routing import addressing_error, is_single_chat, persist_task
 from ..trace import event_hop
 
 
+_routed_single = messages_routed.labels("single")
+
+
 def _route(raw: bytes, message: UpstreamMessage) -> list[Outgoing]:
     if not is_single_chat(message):
         return [Outgoing(group, target_id(message), raw)]
     assert message.to_user_id is not None
     conversation_id = single_chat_id(message.from_user_id, message.to_user_id)
     delivered = message.to_downstream().model_copy(update={"conversation_id": conversation_id})
-    messages_routed.labels("single").inc()
+    _routed_single.inc()
     return [
         Outgoing(user, message.to_user_id, encode(Delivery(user_ids=[message.to_user_id], message=delivered))),
         Outgoing(task, "persist_message", encode(persist_task(delivered))),
