@@ -106,6 +106,10 @@ class Bench:
             cpu.update({service.name: round(service.cpu_s() - before[service.name], 2) for service in services})
             self.profiles += [run.stop() for run in runs]
 
+    def brokers(self) -> list[Service]:
+        """The Kafka nodes this run started (none with ``--broker``): their CPU is measured too."""
+        return [Service(name, "", proc) for name, proc in self.stack.procs if name.startswith("kafka")]
+
     @property
     def settings(self) -> Settings:
         return Settings(**{k[len("GOCHAT_"):].lower(): v for k, v in self.env.items()})
