@@ -199,7 +199,8 @@ class Producer(faust_aiokafka.Producer):
 WaitFirst = Callable[..., Awaitable[Any]]
 
 
-async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, Any, Any], wait_first: WaitFirst) -> None:
+async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, Any, Any],
+                    wait_first: WaitFirst) -> None:
     """Run ``record`` (the conductor's hand-over of one fetched record to its streams) inline
     as far as it goes without waiting; if it must wait, the rest under ``wait_first`` with
     ``suspended`` (the wait for the consumer's flow to be suspended), as Faust does.
