@@ -66,6 +66,19 @@ async def test_an_appended_batch_for_a_topic_known_at_start_survives_a_metadata_
         await producer.stop()
 
 
+async def _topic_of_small_batches(s: Settings, name: str) -> str:
+    """A new topic whose broker refuses any batch over 1 KiB (``max.message.bytes``)."""
+    topic = f"{s.namespace}{name}"
+    admin = AIOKafkaAdminClient(**client_kwargs(s))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "1024"})])
+    finally:
+        await admin.close()
+    assert await wait_until_served(s, [topic])
+    return topic
+
+
 async def test_a_record_the_broker_refused_fails_every_later_flush(cluster: Cluster) -> None:
     """Faust flushes the producer before each commit: a flush that raises commits nothing.
 
@@ -74,16 +87,9 @@ async def test_a_record_the_broker_refused_fails_every_later_flush(cluster: Clus
     ``max.message.bytes``.
     """
     s = cluster.settings
-    small = f"{s.namespace}small-records"
-    admin = AIOKafkaAdminClient(**client_kwargs(s))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"})])
-    finally:
-        await admin.close()
+    small = await _topic_of_small_batches(s, "small-records")
     elsewhere = topics.upstream(s)
     await topics.ensure_topics(s, [elsewhere])
-    assert await wait_until_served(s, [small])
     producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
     await producer.start()
     try:
@@ -112,16 +118,9 @@ async def test_appended_records_keep_their_order_and_a_refused_one_fails_every_l
     their batches without a future each: they keep their order past a full batch, and a
     batch the broker refuses stops commits as a refused ``send`` does."""
     s = cluster.settings.model_copy(update={"producer_max_batch_bytes": 16 * 1024})
-    small = f"{s.namespace}small-batches"
-    admin = AIOKafkaAdminClient(**client_kwargs(s))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(small, 1, 1, topic_configs={"max.message.bytes": "1024"})])
-    finally:
-        await admin.close()
+    small = await _topic_of_small_batches(s, "small-batches")
     topic = topics.upstream(s)
     await topics.ensure_topics(s, [topic])
-    assert await wait_until_served(s, [small])
     producer = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[]).producer
     await producer.start()
     try:
