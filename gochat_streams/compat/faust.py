@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
+from collections import Counter, deque
+from itertools import repeat
+from time import monotonic
 from typing import Any
 
 import faust
@@ -21,11 +23,132 @@ from aiokafka.producer.message_accumulator import MessageBatch
 from faust.stores.base import SerializedStore
 from faust.tables import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery as FaustRecovery
-from faust.types import TP
+from faust.tables.recovery import logger
+from faust.types import TP, EventT
 from faust.types.transports import ConsumerT
+from faust.utils.tracing import finish_span
+from mode import Service
 
 
 class Recovery(FaustRecovery):
+    """Faust's, taking every changelog record queued at each turn; its seek as the module docstring says.
+
+    Faust's ``_slurp_changelogs`` awaits each record with a task of its own
+    (``asyncio.wait_for``) and after each one sums what every changelog partition has
+    left to read: a recovery costs the worker's loop a few wake-ups and that sum a
+    record. Here one wait takes every record queued, and the end of recovery and of
+    the standbys' catch-up is checked once a batch. The records are handled as Faust
+    does: each partition's offset (older records skipped), each table's buffer,
+    applied with ``apply_changelog_batch`` when it holds ``recovery_buffer_size``
+    (``standby_buffer_size``), and what is left once the actives reach their highwater.
+    """
+
+    #: While recovering, how long to let records queue behind the first before taking them:
+    #: the worker's consumer queues them one at a time, and a turn costs the loop a wake-up.
+    linger_s: float = 0.01
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What Faust's loop trims by hand: the last records' handling times, for the estimate it logs.
+        self._processing_times = deque(maxlen=self.num_samples_required_for_estimate)
+
+    @Service.task
+    async def _slurp_changelogs(self) -> None:
+        queue = self.tables.changelog_queue
+        timeouts = 0
+        while not self.should_stop:
+            try:
+                self.signal_recovery_end.clear()
+                linger = self.in_recovery and queue.empty()
+                try:
+                    async with asyncio.timeout(5.0):
+                        events = [await queue.get()]
+                except TimeoutError:
+                    timeouts += 1
+                    if self.should_stop:
+                        return
+                    if self.app.in_transaction and timeouts > 1:
+                        await self._skip_aborted_transactions()
+                    self._maybe_end_recovery()
+                    continue
+                timeouts = 0
+                if linger:
+                    await asyncio.sleep(self.linger_s)
+                try:
+                    while queue.qsize():
+                        events.append(queue.get_nowait())
+                except Exception as exc:  # thrown into the queue (a record that did not decode): logged, as Faust does
+                    logger.warning(f"Error in recovery {exc}")
+                await self._apply_events(events)
+                self._maybe_end_recovery()
+                self._maybe_standbys_ready()
+            except Exception as exc:
+                logger.warning(f"Error in recovery {exc}")
+
+    async def _apply_events(self, events: list[EventT]) -> None:
+        now = monotonic()
+        active = 0
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            if tp in self.active_tps:
+                offsets, received_at = self.active_offsets, self._active_events_received_at
+            elif tp in self.standby_tps:
+                offsets, received_at = self.standby_offsets, self._standby_events_received_at
+            else:
+                # Faust logs it too, then applies it to the table of the record before it.
+                logger.warning(f"recovery unknown topic {tp} offset {offset}")
+                continue
+            received_at[tp] = now
+            seen = offsets.get(tp)
+            if seen is not None and offset <= seen:
+                continue
+            offsets[tp] = offset
+            table = self.tp_to_table[tp]
+            buffer = self.buffers[table]
+            buffer.append(event)
+            await table.on_changelog_event(event)
+            if offsets is self.active_offsets:
+                active += 1
+                full = len(buffer) >= table.recovery_buffer_size
+            else:
+                full = len(buffer) >= table.standby_buffer_size
+            if full:
+                table.apply_changelog_batch(buffer)
+                buffer.clear()
+                self._last_flush_at = now
+        if active:
+            done = monotonic()
+            if (last := self._last_active_event_processed_at) is not None:
+                each = (done - last) / active
+                self._processing_times.extend(repeat(each, min(active, self.num_samples_required_for_estimate)))
+            self._last_active_event_processed_at = done
+
+    def _maybe_end_recovery(self) -> None:
+        if self.in_recovery and not self.need_recovery():
+            self.flush_buffers()
+            self._set_recovery_ended()
+            if self._actives_span is not None:
+                self._actives_span.set_tag("Actives-Ready", True)
+            self.signal_recovery_end.set()
+
+    def _maybe_standbys_ready(self) -> None:
+        ready = self._standbys_span is None and self.tables.standbys_ready
+        if not ready and not self.standby_remaining_total():
+            if self._standbys_span is not None:
+                finish_span(self._standbys_span)
+                self._standbys_span = None
+            self.tables.on_standbys_ready()
+
+    async def _skip_aborted_transactions(self) -> None:
+        """Faust's: an exactly-once changelog's aborted records are never read, so their offsets are taken as read."""
+        for tp, highwater in self.active_highwaters.items():
+            offset = self.active_offsets[tp]
+            if highwater is not None and offset is not None and offset < highwater:
+                position = await self.app.consumer.position(tp)
+                if position is not None and position >= highwater:
+                    logger.info(f"Aborted tx until highwater for {tp}")
+                    self.active_offsets[tp] = highwater
+
     async def _seek_offsets(self, consumer: ConsumerT, tps: set[TP], offsets: Counter[TP], title: str) -> None:
         built = Counter({tp: -1 if offsets[tp] is None else offsets[tp] for tp in tps})
         await super()._seek_offsets(consumer, tps, built, title)
