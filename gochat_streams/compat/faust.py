@@ -1,4 +1,5 @@
-"""Faust's table manager with a recovery that survives a rebalance landing while it runs.
+"""Faust's table manager with a recovery that survives a rebalance landing while it runs,
+and takes the queued changelog records a batch at a time (:class:`Recovery`).
 
 faust-streaming 0.15's recovery builds the changelog offsets it will seek to, then
 awaits the broker (and, for standby partitions, the whole active recovery) before it
