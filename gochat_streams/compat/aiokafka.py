@@ -200,7 +200,7 @@ WaitFirst = Callable[..., Awaitable[Any]]
 
 
 async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, Any, Any],
-                    wait_first: WaitFirst) -> None:
+                    wait_first: WaitFirst, *, to_agents: bool = True) -> None:
     """Run ``record`` (the conductor's hand-over of one fetched record to its streams) inline
     as far as it goes without waiting; if it must wait, the rest under ``wait_first`` with
     ``suspended`` (the wait for the consumer's flow to be suspended), as Faust does.
@@ -210,7 +210,9 @@ async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, 
     events), waits for the first, and cancels the rest. The hand-over almost never waits
     (the flow is on and the stream's queue has room), and then all that is what the
     record costs. Here it runs inline and the loop is yielded to once, as the wait
-    yielded, so that the agents take each record before the next. When it must wait
+    yielded, so that the agents take each record before the next (``to_agents``; a
+    changelog record goes to the recovery, which takes them a batch at a time, and
+    Faust's loop yields every 100 records anyway). When it must wait
     (a full queue, flow control), a rebalance's suspension still cuts the wait short:
     what is left of it runs as a task under ``wait_first``.
     """
@@ -218,7 +220,8 @@ async def hand_over(record: Coroutine[Any, Any, Any], suspended: Coroutine[Any, 
         waiting_on = record.send(None)
     except StopIteration:
         suspended.close()
-        await asyncio.sleep(0)
+        if to_agents:
+            await asyncio.sleep(0)
         return
     except BaseException:
         suspended.close()
@@ -302,7 +305,9 @@ class Consumer(faust_aiokafka.Consumer):
         # Faust calls it, with these two, for every record its fetch loop reads (hand_over).
         if len(coros) == 2 and timeout is None and _waits_for(coros[1], self.suspend_flow) \
                 and not self.suspend_flow.is_set():
-            return await hand_over(coros[0], coros[1], super().wait_first)
+            message = coros[0].cr_frame.f_locals.get("message")  # the conductor's on_message(message)
+            return await hand_over(coros[0], coros[1], super().wait_first,
+                                   to_agents=message is None or not self._is_changelog_tp(message.tp))
         return await super().wait_first(*coros, timeout=timeout)
 
     def refuse_read(self, error: BaseException) -> None:

@@ -58,6 +58,22 @@ async def test_a_record_that_need_not_wait_is_handed_over_inline_and_the_loop_yi
     assert others == ["saw ['r1']"]  # the loop ran other tasks once the record was handed over
 
 
+async def test_a_changelog_record_is_handed_over_without_the_yield() -> None:
+    # The recovery takes changelog records a batch at a time (compat/faust.py): yielding
+    # to the loop after each of them cost recovery a tenth of its time (bench memory).
+    record, waits, suspend = Record(), Waits(), asyncio.Event()
+    others: list[str] = []
+
+    async def recovery() -> None:
+        others.append("ran")
+
+    asyncio.get_running_loop().create_task(recovery())
+    await hand_over(record.hand_over("c1"), suspend.wait(), waits.wait_first, to_agents=False)
+    assert record.queue == ["c1"] and others == []
+    await asyncio.sleep(0)
+    assert others == ["ran"]
+
+
 async def test_a_record_that_must_wait_is_handed_over_when_it_can() -> None:
     record, waits, suspend, room = Record(), Waits(), asyncio.Event(), asyncio.Event()
     handing = asyncio.ensure_future(hand_over(record.hand_over("r1", room), suspend.wait(), waits.wait_first))
