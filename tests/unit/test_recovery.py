@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from faust import Event
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, Message
 
 from gochat_streams.app import app
@@ -63,7 +64,13 @@ def _record(tp: TP, offset: int, key: bytes) -> Event:
 
 @pytest.fixture
 async def recovering() -> AsyncIterator[Any]:
-    """The app's recovery, with presence's partition 0 active and to be read up to a highwater the test sets."""
+    """The app's recovery, with presence's partition 0 active and to be read up to a highwater the test sets.
+
+    Presence's store is one in memory for the test, whatever the suite's: a whole run
+    imports the app in an integration module first, with RocksDB, whose reads need a
+    current event.
+    """
+    store, presence._data = presence._data, MemoryStore("memory://", app, presence)
     recovery = app.tables.recovery
     recovery.add_active(presence, PRESENCE_0)
     recovery._set_recovery_started()
@@ -75,7 +82,7 @@ async def recovering() -> AsyncIterator[Any]:
         recovery.active_tps.clear()
         recovery.tp_to_table.clear()
         recovery.buffers.clear()
-        presence.data.clear()
+        presence._data = store
         # Bound to this test's event loop.
         recovery._signal_recovery_end = None
         app.tables._changelog_queue = None
