@@ -52,9 +52,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.group_coordinator import GroupCoordinator
-from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, ProducerClosed
+from aiokafka.errors import KafkaTimeoutError, ProducerClosed
 from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 from faust.exceptions import ProducerSendError
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -166,9 +165,7 @@ class Producer(faust_aiokafka.Producer):
         if producer._metadata.partitions_for_topic(topic) is None:
             await producer.client._wait_on_metadata(topic)
         headers = headers or []
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
-        if size > producer._max_request_size:
-            raise MessageSizeTooLargeError(f"a record of {size} bytes, over max_request_size, for {topic}")
+        key, value = producer._serialize(key, value, headers)  # and refuses a record over max_request_size
         tp = TopicPartition(topic, producer._partition(topic, partition, None, None, key, value))
         batch, offset = await producer._message_accumulator.append(tp, key, value, headers,
                                                                    producer._request_timeout_ms / 1000)
