@@ -56,7 +56,6 @@ class Recovery(FaustRecovery):
     @Service.task
     async def _slurp_changelogs(self) -> None:
         queue = self.tables.changelog_queue
-        timeouts = 0
         while not self.should_stop:
             try:
                 self.signal_recovery_end.clear()
@@ -65,14 +64,12 @@ class Recovery(FaustRecovery):
                     async with asyncio.timeout(5.0):
                         events = [await queue.get()]
                 except TimeoutError:
-                    timeouts += 1
+                    # Faust also skips aborted transactions here: the apps keep Faust's
+                    # at-least-once processing, so no changelog record is written in one.
                     if self.should_stop:
                         return
-                    if self.app.in_transaction and timeouts > 1:
-                        await self._skip_aborted_transactions()
                     self._maybe_end_recovery()
                     continue
-                timeouts = 0
                 if linger:
                     await asyncio.sleep(self.linger_s)
                 try:
@@ -139,16 +136,6 @@ class Recovery(FaustRecovery):
                 finish_span(self._standbys_span)
                 self._standbys_span = None
             self.tables.on_standbys_ready()
-
-    async def _skip_aborted_transactions(self) -> None:
-        """Faust's: an exactly-once changelog's aborted records are never read, so their offsets are taken as read."""
-        for tp, highwater in self.active_highwaters.items():
-            offset = self.active_offsets[tp]
-            if highwater is not None and offset is not None and offset < highwater:
-                position = await self.app.consumer.position(tp)
-                if position is not None and position >= highwater:
-                    logger.info(f"Aborted tx until highwater for {tp}")
-                    self.active_offsets[tp] = highwater
 
     async def _seek_offsets(self, consumer: ConsumerT, tps: set[TP], offsets: Counter[TP], title: str) -> None:
         built = Counter({tp: -1 if offsets[tp] is None else offsets[tp] for tp in tps})
