@@ -14,7 +14,9 @@ Per step: offered and achieved send rate, sent, accepted (the gateway's acks), r
 error frames), delivered (within the drain wait, ``--drain-seconds`` after the step's last
 send; the next step starts then), late (arrived after that, before the run ended), lost
 (never arrived: sent - refused - delivered - late, after a last wait that ends when nothing
-has arrived for 10 s), duplicates, and latency percentiles over all of the step's messages.
+has arrived for 10 s), duplicates, latency percentiles over all of the step's messages, and
+the CPU time a message of the logic worker, the gateways and the broker over the step (the
+steadier figure on a shared machine).
 A load is kept up with when every message arrived within the drain wait, sent at >= 95% of
 the offered rate, and held when also p99 < 100 ms; the highest one held is printed and in
 the JSON.
@@ -37,8 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .common import (GATEWAY_LOAD_ENV, WAIT_S, Bench, Clients, Frame, Result, settle, start_chat_services,
-                     wait_online)
+from .common import (GATEWAY_LOAD_ENV, WAIT_S, Bench, Clients, Frame, Result, Service, settle,
+                     start_chat_services, wait_online)
 
 GATEWAYS = ["gw0", "gw1"]
 #: The scheduler's period: each tick sends what is due by then.
@@ -66,6 +68,8 @@ class Step:
     duplicates: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     drained: bool = False
+    #: CPU seconds of the logic worker, the gateways and the broker over the step (sending and draining).
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def arrived(self) -> int:
@@ -83,6 +87,8 @@ class Step:
             "duplicates": self.duplicates,
             **{f"p{q}_ms": _percentile(ms, q) for q in (50, 95, 99)}, "max_ms": round(ms[-1], 1) if ms else None,
         }
+        row.update({f"{name}_cpu_us_per_msg": round(cpu / self.sent * 1e6) if self.sent else None
+                    for name, cpu in self.cpu_s.items()})
         row["kept_up"] = self.delivered == self.sent and sent_per_s >= HELD_SEND_RATIO * self.offered
         row["held"] = row["kept_up"] and row["p99_ms"] is not None and row["p99_ms"] < HELD_P99_MS
         return row
@@ -149,6 +155,12 @@ async def _offer(clients: Clients, users: list[str], rng: random.Random, index: 
     step.send_s = time.perf_counter() - started
 
 
+def _cpu_s(worker: Service, gateways: list[Service], brokers: list[Service]) -> dict[str, float]:
+    """CPU seconds so far of the logic worker, the gateways together and the broker's nodes together."""
+    return {"worker": worker.cpu_s(), "gateways": sum(gw.cpu_s() for gw in gateways),
+            "broker": sum(node.cpu_s() for node in brokers)}
+
+
 async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, drain_s: float) -> Result:
     worker, gateways = await start_chat_services(bench, GATEWAYS, GATEWAY_LOAD_ENV)
     names = [f"u{i:05d}" for i in range(users)]
@@ -161,9 +173,12 @@ async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, dra
             for index, offered in enumerate(steps):
                 step = Step(offered, step_s)
                 tracker.steps.append(step)
+                before = _cpu_s(worker, gateways, bench.brokers())
                 await _offer(clients, names, rng, index, step)
                 await settle(lambda: step.arrived, step.sent, drain_s)
                 step.drained = True
+                step.cpu_s = {name: round(cpu - before[name], 2)
+                              for name, cpu in _cpu_s(worker, gateways, bench.brokers()).items()}
                 if not step.row()["kept_up"]:
                     break  # saturated: a higher load cannot be held, and its backlog would only grow
         await settle(lambda: sum(st.arrived for st in tracker.steps), sum(st.sent for st in tracker.steps), WAIT_S,
