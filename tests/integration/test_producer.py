@@ -17,7 +17,7 @@ from faust.exceptions import ProducerSendError
 
 from gochat_streams import topics
 from gochat_streams.app import create_app
-from gochat_streams.compat.aiokafka import track_topic
+from gochat_streams.compat.aiokafka import drain_whole_nodes, track_topic
 from gochat_streams.devstack import free_port
 from gochat_streams.kafka import client_kwargs, producer_kwargs, wait_until_served
 from gochat_streams.settings import Settings
@@ -62,6 +62,25 @@ async def test_an_appended_batch_for_a_topic_known_at_start_survives_a_metadata_
         await producer._ensure_producer().client.force_metadata_update()
         sent = await asyncio.wait_for(pending.future, 10)
         assert sent.topic == early.name
+    finally:
+        await producer.stop()
+
+
+async def test_the_linger_spaces_a_nodes_requests_rather_than_holding_each_record(cluster: Cluster) -> None:
+    """A record for a node that had no request for a linger goes at once; the records right
+    behind it wait out the rest of that linger, and then go together."""
+    s = cluster.settings
+    topic = topics.upstream(s)
+    await topics.ensure_topics(s, [topic])
+    producer = drain_whole_nodes(AIOKafkaProducer(**client_kwargs(s), acks="all", linger_ms=10_000))
+    await producer.start()
+    try:
+        first = await producer.send(topic.name, b"first", partition=0)
+        assert (await asyncio.wait_for(first, 5)).offset == 0  # not after its 10 s linger
+        behind = [await producer.send(topic.name, b"behind", partition=p) for p in (0, 1)]
+        await asyncio.sleep(1)
+        assert not any(sent.done() for sent in behind)  # the node had a request a second ago
+        assert [(await asyncio.wait_for(sent, 30)).offset for sent in behind] == [1, 0]
     finally:
         await producer.stop()
 
