@@ -156,15 +156,16 @@ class Bench:
 
 
 async def start_chat_services(bench: Bench, gateway_ids: list[str],
-                              env: dict[str, str]) -> tuple[Service, list[Service]]:
+                              env: dict[str, str]) -> tuple[Service, Service, list[Service]]:
     """Everything a client needs, started in order: topics, a logic worker, a task worker and
-    the gateways (with ``env`` for the clients' side); the logic worker and the gateways."""
+    the gateways (with ``env`` for the clients' side); the logic worker, the task worker and
+    the gateways."""
     bench.serve_clients(env)
     s = bench.settings
     await topics.ensure_topics(s, [*topics.core(s), *(topics.downstream(s, gw) for gw in gateway_ids)])
     worker = bench.start_worker("logic")
-    bench.start_worker("tasks", app=TASK_APP)
-    return worker, [bench.start_gateway(gw) for gw in gateway_ids]
+    tasks = bench.start_worker("tasks", app=TASK_APP)
+    return worker, tasks, [bench.start_gateway(gw) for gw in gateway_ids]
 
 
 def _count(log: Path, text: str) -> int:

@@ -15,7 +15,7 @@ error frames), delivered (within the drain wait, ``--drain-seconds`` after the s
 send; the next step starts then), late (arrived after that, before the run ended), lost
 (never arrived: sent - refused - delivered - late, after a last wait that ends when nothing
 has arrived for 10 s), duplicates, latency percentiles over all of the step's messages, and
-the CPU time a message of the logic worker, the gateways and the broker over the step (the
+the CPU time a message of the logic worker, the task worker, the gateways and the broker over the step (the
 steadier figure on a shared machine).
 A load is kept up with when every message arrived within the drain wait, sent at >= 95% of
 the offered rate, and held when also p99 < 100 ms; the highest one held is printed and in
@@ -68,7 +68,7 @@ class Step:
     duplicates: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     drained: bool = False
-    #: CPU seconds of the logic worker, the gateways and the broker over the step (sending and draining).
+    #: CPU seconds of the logic worker, the task worker, the gateways and the broker over the step.
     cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -155,14 +155,15 @@ async def _offer(clients: Clients, users: list[str], rng: random.Random, index: 
     step.send_s = time.perf_counter() - started
 
 
-def _cpu_s(worker: Service, gateways: list[Service], brokers: list[Service]) -> dict[str, float]:
-    """CPU seconds so far of the logic worker, the gateways together and the broker's nodes together."""
-    return {"worker": worker.cpu_s(), "gateways": sum(gw.cpu_s() for gw in gateways),
+def _cpu_s(worker: Service, tasks: Service, gateways: list[Service], brokers: list[Service]) -> dict[str, float]:
+    """CPU seconds so far of the logic worker, the task worker, the gateways together and the
+    broker's nodes together."""
+    return {"worker": worker.cpu_s(), "tasks": tasks.cpu_s(), "gateways": sum(gw.cpu_s() for gw in gateways),
             "broker": sum(node.cpu_s() for node in brokers)}
 
 
 async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, drain_s: float) -> Result:
-    worker, gateways = await start_chat_services(bench, GATEWAYS, GATEWAY_LOAD_ENV)
+    worker, tasks, gateways = await start_chat_services(bench, GATEWAYS, GATEWAY_LOAD_ENV)
     names = [f"u{i:05d}" for i in range(users)]
     tracker = Tracker()
     async with Clients(tracker.on_frame) as clients:
@@ -173,12 +174,12 @@ async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, dra
             for index, offered in enumerate(steps):
                 step = Step(offered, step_s)
                 tracker.steps.append(step)
-                before = _cpu_s(worker, gateways, bench.brokers())
+                before = _cpu_s(worker, tasks, gateways, bench.brokers())
                 await _offer(clients, names, rng, index, step)
                 await settle(lambda: step.arrived, step.sent, drain_s)
                 step.drained = True
                 step.cpu_s = {name: round(cpu - before[name], 2)
-                              for name, cpu in _cpu_s(worker, gateways, bench.brokers()).items()}
+                              for name, cpu in _cpu_s(worker, tasks, gateways, bench.brokers()).items()}
                 if not step.row()["kept_up"]:
                     break  # saturated: a higher load cannot be held, and its backlog would only grow
         await settle(lambda: sum(st.arrived for st in tracker.steps), sum(st.sent for st in tracker.steps), WAIT_S,

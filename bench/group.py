@@ -80,7 +80,7 @@ def _fanout_env(members: int) -> dict[str, str]:
 
 async def run_group(bench: Bench, members: int, groups: int) -> Result:
     fanout = _fanout_env(members)
-    worker, gateways = await start_chat_services(bench, GATEWAYS, {**GATEWAY_LOAD_ENV, **fanout})
+    worker, _, gateways = await start_chat_services(bench, GATEWAYS, {**GATEWAY_LOAD_ENV, **fanout})
     users = [f"u{i:05d}" for i in range(members)]
     group_ids = [f"g{i}" for i in range(groups)]
     receipts = Receipts()
