@@ -40,7 +40,7 @@ from ..trace import event_hop
 log = logging.getLogger(__name__)
 
 #: How long a partial batch waits for more tasks before it is handled.
-_BATCH_WAIT_S = 0.05
+_BATCH_WAIT_S = 0.01
 #: Conversations invalidated again in one Redis transaction.
 _RETRY_CHUNK = 1000
 #: The longest wait between attempts at the pending invalidations.
