@@ -170,7 +170,7 @@ async def run_e2e(bench: Bench, users: int, steps: list[int], step_s: float, dra
         await clients.connect(gateways, names)
         await wait_online(worker, names)
         rng = random.Random(6)  # the same traffic every run
-        with bench.measured(worker, *gateways):
+        with bench.measured(worker, tasks, *gateways):
             for index, offered in enumerate(steps):
                 step = Step(offered, step_s)
                 tracker.steps.append(step)
