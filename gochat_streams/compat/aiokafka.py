@@ -43,6 +43,7 @@ waited for its partitions for ever, saying nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import logging
@@ -324,7 +325,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def set_fetching(self, tps: set[Any], *, paused: bool) -> None:
         """:func:`set_fetching` on this thread's consumer, called from the worker's loop."""
         if self._consumer is not None:
-            self.thread_loop.call_soon_threadsafe(functools.partial(set_fetching, self._consumer, tps, paused=paused))
+            with contextlib.suppress(RuntimeError):  # the thread's loop is closed: it fetches nothing any more
+                self.thread_loop.call_soon_threadsafe(functools.partial(set_fetching, self._consumer, tps,
+                                                                        paused=paused))
 
 
 class Consumer(faust_aiokafka.Consumer):
