@@ -67,3 +67,16 @@ async def test_a_paused_partition_is_not_fetched_and_loses_nothing(cluster: Clus
         assert [r.offset for r in await _read(aiokafka, paused, 3)] == [0, 1, 2]
     finally:
         await aiokafka.stop()
+
+
+async def test_a_pause_after_the_consumer_thread_stopped_does_nothing(cluster: Cluster) -> None:
+    """Faust may pause partitions while the worker shuts down, after its consumer thread's loop closed."""
+    s = cluster.settings
+    app = create_app(s, topics.logic_group(s), topics.logic_topics(s), autodiscover=[])
+    thread = app.consumer._thread
+    thread._consumer = stopped = AIOKafkaConsumer(**client_kwargs(s), group_id=None)
+    await stopped.stop()
+    thread.thread_loop.close()  # as the stopped thread leaves it
+    app.consumer.pause_partitions({TP(topics.upstream(s).name, 0)})
+    assert app.consumer._paused_partitions == {TP(topics.upstream(s).name, 0)}  # Faust's own bookkeeping still ran
+    app.consumer.resume_partitions({TP(topics.upstream(s).name, 0)})
