@@ -93,8 +93,6 @@ class NodeDrainingAccumulator(MessageAccumulator):
 
     #: When each node was last sent a request (time.monotonic()).
     _last_request: dict[int, float]
-    #: The wake-up for the earliest node whose last request turns a linger old.
-    _due: asyncio.TimerHandle | None
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: frozenset[Any] = frozenset()) -> Any:
         nodes, unknown_leaders_exist = super().drain_by_nodes(ignore_nodes, muted_partitions)
@@ -114,10 +112,12 @@ class NodeDrainingAccumulator(MessageAccumulator):
                     nodes[leader][tp] = batch
         for node in nodes:
             self._last_request[node] = now
-        if self._due is not None:
-            self._due.cancel()
-        self._due = None if next_due is None else \
-            self._loop.call_later(next_due - now, self._wakeup, self._waiter_future)
+        if next_due is not None:
+            # Sooner than aiokafka's wake-up for the same batches (their lingers run from
+            # their creation, after that node's last request): it replaces that one.
+            if self._wakeup_handle is not None:
+                self._wakeup_handle.cancel()
+            self._wakeup_handle = self._loop.call_later(next_due - now, self._wakeup, self._waiter_future)
         return nodes, unknown_leaders_exist
 
     async def append(self, tp: TopicPartition, key: bytes | None, value: bytes | None,
@@ -151,7 +151,7 @@ def drain_whole_nodes(producer: AIOKafkaProducer) -> AIOKafkaProducer:
     """Make ``producer`` send all of a node's batches in each request (:class:`NodeDrainingAccumulator`)."""
     accumulator = producer._message_accumulator
     accumulator.__class__ = NodeDrainingAccumulator
-    accumulator._last_request, accumulator._due = {}, None
+    accumulator._last_request = {}
     return producer
 
 
