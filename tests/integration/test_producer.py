@@ -85,6 +85,28 @@ async def test_the_linger_spaces_a_nodes_requests_rather_than_holding_each_recor
         await producer.stop()
 
 
+async def test_a_busy_nodes_requests_are_spaced_by_the_linger_an_idle_nodes_not(cluster: Cluster) -> None:
+    """With ``busy_records``, the spacing is the share of them the node was sent in the last
+    linger: after a record or two the next request goes at once, after a burst a linger later."""
+    s = cluster.settings
+    topic = topics.upstream(s)
+    await topics.ensure_topics(s, [topic])
+    producer = drain_whole_nodes(AIOKafkaProducer(**client_kwargs(s), acks="all", linger_ms=4_000), busy_records=64)
+    await producer.start()
+    try:
+        for offset in (0, 1):  # the second a request after the first (a 64th of the linger)
+            sent = await producer.send(topic.name, b"quiet", partition=0)
+            assert (await asyncio.wait_for(sent, 2)).offset == offset
+        burst = [await producer.send(topic.name, b"burst", partition=0) for _ in range(64)]
+        assert (await asyncio.wait_for(asyncio.gather(*burst), 10))[-1].offset == 65
+        behind = await producer.send(topic.name, b"behind", partition=0)
+        await asyncio.sleep(2)
+        assert not behind.done()  # 66 records within the linger: the node is busy
+        assert (await asyncio.wait_for(behind, 30)).offset == 66
+    finally:
+        await producer.stop()
+
+
 async def _topic_of_small_batches(s: Settings, name: str) -> str:
     """A new topic whose broker refuses any batch over 1 KiB (``max.message.bytes``)."""
     topic = f"{s.namespace}{name}"
