@@ -27,13 +27,17 @@ async def _ids_once_stored(base_url: str, last_id: str) -> list[str]:
 
 async def test_history_reads_the_store_when_redis_is_down(cluster: Cluster, connect: Any) -> None:
     cluster.start_worker()
-    cluster.start_task_worker()
-    # The gateway's Redis is one of its own, to be stopped without the rest of the suite's.
-    redis = Stack(cluster.root / "gateway-redis")
+    # The history cache's Redis is one of its own, to be stopped without the rest of the
+    # suite's: the gateway's, which fills it, and the task worker's, which invalidates it.
+    redis = Stack(cluster.root / "history-redis")
     try:
         cluster.env["GOCHAT_REDIS_URL"] = redis.start_redis(free_port())
+        cluster.start_task_worker()
         gw = cluster.start_gateway("gw1")
         alice, bob = await connect(gw, "alice"), await connect(gw, "bob")
+        # Bob opens the chat first: the empty list is cached until a stored message drops it.
+        status, body = await history(gw, "bob", "alice:bob")
+        assert (status, body["messages"]) == (200, [])
         await alice.send("before", "bob")
         assert [m["message_id"] for m in await bob.messages(1, ack=True)] == ["before"]
         assert await _ids_once_stored(gw, "before") == ["before"]  # now cached
