@@ -91,31 +91,30 @@ class NodeDrainingAccumulator(MessageAccumulator):
     a node whose last request is a linger old gets the batches at once; under load a
     node still gets at most a request a linger, as many records in each as before.
 
-    With ``busy_records`` (the worker's producer), the spacing is as much of the linger
-    as the node is busy, measured by the records it was sent in the last linger: full
-    at ``busy_records``, a quarter at a quarter of them, none for an idle node. The
-    worker sends some six records a message, in a request for each of its two hops
+    The spacing is as much of the linger as the node is busy, measured by the records it
+    was sent in the last linger: full from ``busy_records`` of them, a quarter at a quarter
+    of them, none for an idle node. With 1 (the default, a gateway's producer), a node
+    sent anything in the last linger waits for the rest of it. The worker's producer has
+    32: it sends some six records a message, in a request for each of its two hops
     (``route_upstream``, ``deliver``), each of which waited most of a linger at 100
     msgs/s. A gateway sends one or two records a message: a count that suits the worker
     would leave a loaded gateway's spacing short (a 2 ms linger cost the gateways 20%
     more CPU and the broker 40% at 500 msgs/s), and its requests at low load go at once
-    anyway (its node idle for a linger between them). It keeps the fixed spacing.
+    anyway (its node idle for a linger between them).
     """
 
-    #: Records a node sent within a linger at which its requests get the whole linger's
-    #: spacing; None: always (a node's request is due a linger after its last).
-    _busy_records: int | None
-    #: When each node was last sent a request (time.monotonic()).
-    _last_request: dict[int, float]
-    #: With ``_busy_records``: each node's requests of the last linger, (when, records), oldest first.
+    #: Records a node sent within a linger from which its requests get the whole linger's spacing.
+    _busy_records: int
+    #: Each node's requests of the last linger, (when, records), oldest first.
     _sent: dict[int, collections.deque[tuple[float, int]]]
 
-    def _spacing(self, node: int, now: float) -> float:
-        """How long after its last request a node's next one is due."""
-        if self._busy_records is None:
-            return self._linger_time
-        return self._linger_time * min(1.0, sum(records for _, records in self._recent(node, now))
-                                       / self._busy_records)
+    def _due(self, node: int, now: float) -> float:
+        """When the node's next request is due: after its last, by as much of the linger as it is busy."""
+        sent = self._recent(node, now)
+        if not sent:
+            return now
+        busy = min(1.0, sum(records for _, records in sent) / self._busy_records)
+        return sent[-1][0] + self._linger_time * busy
 
     def _recent(self, node: int, now: float) -> collections.deque[tuple[float, int]]:
         """The node's requests of the last linger."""
@@ -126,14 +125,14 @@ class NodeDrainingAccumulator(MessageAccumulator):
 
     def drain_by_nodes(self, ignore_nodes: Any, muted_partitions: frozenset[Any] = frozenset()) -> Any:
         nodes, unknown_leaders_exist = super().drain_by_nodes(ignore_nodes, muted_partitions)
-        now, next_due, spacing = time.monotonic(), None, {}
+        now, next_due, due_at = time.monotonic(), None, {}
         for tp in list(self._batches):
             leader = self._cluster.leader_for_partition(tp)
             if tp in muted_partitions or leader in (None, -1) or (ignore_nodes and leader in ignore_nodes):
                 continue
-            if leader not in spacing:
-                spacing[leader] = self._spacing(leader, now)
-            if leader not in nodes and (due := self._last_request.get(leader, 0.0) + spacing[leader]) > now:
+            if leader not in due_at:
+                due_at[leader] = self._due(leader, now)
+            if leader not in nodes and (due := due_at[leader]) > now:
                 next_due = due if next_due is None else min(next_due, due)
                 continue
             if tp not in nodes[leader]:
@@ -143,9 +142,7 @@ class NodeDrainingAccumulator(MessageAccumulator):
                 else:
                     nodes[leader][tp] = batch
         for node, batches in nodes.items():
-            self._last_request[node] = now
-            if self._busy_records is not None:
-                self._recent(node, now).append((now, sum(batch.record_count for batch in batches.values())))
+            self._recent(node, now).append((now, sum(batch.record_count for batch in batches.values())))
         if next_due is not None:
             # Sooner than aiokafka's wake-up for the same batches (their lingers run from
             # their creation, after that node's last request): it replaces that one.
@@ -181,13 +178,12 @@ class NodeDrainingAccumulator(MessageAccumulator):
             await batch.wait_drain(left)
 
 
-def drain_whole_nodes(producer: AIOKafkaProducer, *, busy_records: int | None = None) -> AIOKafkaProducer:
+def drain_whole_nodes(producer: AIOKafkaProducer, *, busy_records: int = 1) -> AIOKafkaProducer:
     """Make ``producer`` send all of a node's batches in each request, its requests spaced by
-    its linger, or by as much of it as the node is busy (:class:`NodeDrainingAccumulator`)."""
+    as much of its linger as the node is busy (:class:`NodeDrainingAccumulator`)."""
     accumulator = producer._message_accumulator
     accumulator.__class__ = NodeDrainingAccumulator
     accumulator._busy_records = busy_records
-    accumulator._last_request = {}
     accumulator._sent = {}
     return producer
 
